@@ -1,0 +1,231 @@
+"""expand(): a MnistTuning becomes the Katib Experiment that runs it.
+
+Every field Katib's defaulting webhook would fill is written explicitly, so the object we
+create is the object that runs, and a later comparison with the live Experiment is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mnist_tuning.api.spec import (
+    API_VERSION,
+    GROUP,
+    HYPERPARAMETERS,
+    KIND,
+    TRAINER_DEFAULTS,
+    TRAINER_FLAGS,
+    ChoiceSpace,
+    FloatSpace,
+    IntSpace,
+    MnistTuning,
+)
+
+KATIB_API_VERSION = "kubeflow.org/v1beta1"
+KATIB_KIND = "Experiment"
+LABEL_TUNING = f"{GROUP}/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "mnist-tuning"
+# The File collector's emptyDir is mounted at this file's directory in the trial container;
+# cloudml-hypertune writes there because CLOUD_ML_HP_METRIC_FILE points at it.
+METRICS_FILE_PATH = "/var/log/katib/metrics.json"
+METRICS_FILE_ENV = "CLOUD_ML_HP_METRIC_FILE"
+# Where the trainer image keeps MNIST (torchvision layout: <dir>/MNIST/raw).
+TRAINER_DATA_DIR = "/data"
+TRAINER_COMMAND = ("python", "-m", "mnist_trainer")
+DEFAULT_TRAINER_IMAGE = "ghcr.io/mnist-tuning/mnist-trainer:0.1.0"
+PRIMARY_CONTAINER = "training-container"
+JOB_SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
+JOB_FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+MAX_EXPERIMENT_NAME = 40
+HASH_LENGTH = 6
+BUDGET_FIELDS = ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
+DEFAULT_NAMESPACE = "default"
+
+
+def resolve_seed(tuning: MnistTuning) -> int:
+    """Return the spec's seed, else one derived from the uid (or name): stable across restarts."""
+    if tuning.spec.algorithm.seed is not None:
+        return tuning.spec.algorithm.seed
+    basis = tuning.metadata.uid or f"{tuning.metadata.namespace}/{tuning.metadata.name}"
+    return int.from_bytes(hashlib.sha256(basis.encode()).digest()[:4], "big") % 2**31
+
+
+def format_value(value: float | int | str) -> str:
+    """Render a value the way Katib and the trainer's argparse both read it back."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _parameter(name: str, space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) -> dict[str, Any]:
+    feasible: dict[str, Any]
+    if isinstance(space, ChoiceSpace):
+        kind, feasible = "categorical", {"list": list(space.values)}
+    elif space.values is not None:
+        kind, feasible = "discrete", {"list": [format_value(v) for v in space.values]}
+    else:
+        if space.min is None or space.max is None:  # the model's rules make this unreachable
+            raise ValueError(f"search.{name} needs min and max")
+        kind = "int" if isinstance(space, IntSpace) else "double"
+        feasible = {"min": format_value(space.min), "max": format_value(space.max)}
+        if space.step is not None:
+            feasible["step"] = format_value(space.step)
+    feasible["distribution"] = "logUniform" if getattr(space, "scale", None) == "log" else "uniform"
+    return {"name": name, "parameterType": kind, "feasibleSpace": feasible}
+
+
+def _command(tuning: MnistTuning, seed: int) -> list[str]:
+    search = tuning.spec.search
+    fixed = tuning.spec.fixed.values()
+    searched = set(search.names())
+    args = [
+        f"{TRAINER_FLAGS[name]}=${{trialParameters.{name}}}"
+        if name in searched
+        else f"{TRAINER_FLAGS[name]}={format_value(fixed.get(name, TRAINER_DEFAULTS[name]))}"
+        for name in HYPERPARAMETERS
+    ]
+    return [
+        *TRAINER_COMMAND,
+        *args,
+        f"--seed={seed}",
+        f"--data-dir={TRAINER_DATA_DIR}",
+        f"--metrics-file={METRICS_FILE_PATH}",
+    ]
+
+
+def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
+    trial = tuning.spec.trial
+    container: dict[str, Any] = {
+        "name": PRIMARY_CONTAINER,
+        "image": trial.image or default_image,
+        "command": _command(tuning, seed),
+        "env": [{"name": METRICS_FILE_ENV, "value": METRICS_FILE_PATH}],
+    }
+    if trial.resources is not None:
+        resources = trial.resources.model_dump(exclude_none=True)
+        if resources:
+            container["resources"] = resources
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if trial.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in trial.image_pull_secrets]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": trial.timeout_seconds,
+            "template": {
+                "metadata": {"labels": {LABEL_TUNING: tuning.metadata.name}},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
+    spec = tuning.spec
+    seed = resolve_seed(tuning)
+    objective_type = "maximize" if spec.objective.maximize else "minimize"
+    other = spec.objective.other_metric
+    objective: dict[str, Any] = {
+        "type": objective_type,
+        "objectiveMetricName": spec.objective.metric,
+        "additionalMetricNames": [other],
+        "metricStrategies": [
+            {"name": spec.objective.metric, "value": "max" if spec.objective.maximize else "min"},
+            {"name": other, "value": "min" if spec.objective.maximize else "max"},
+        ],
+    }
+    if spec.objective.goal is not None:
+        objective["goal"] = spec.objective.goal
+    names = spec.search.names()
+    return {
+        "objective": objective,
+        "algorithm": {
+            "algorithmName": spec.algorithm.name,
+            "algorithmSettings": [{"name": "random_state", "value": str(seed)}],
+        },
+        "parallelTrialCount": spec.budget.parallel_trials,
+        "maxTrialCount": spec.budget.max_trials,
+        "maxFailedTrialCount": spec.budget.max_failed_trials,
+        "resumePolicy": "Never",
+        "metricsCollectorSpec": {
+            "collector": {"kind": "File"},
+            "source": {
+                "fileSystemPath": {"path": METRICS_FILE_PATH, "kind": "File", "format": "JSON"}
+            },
+        },
+        "parameters": [_parameter(name, spec.search.space(name)) for name in names],
+        "trialTemplate": {
+            "retain": False,
+            "primaryContainerName": PRIMARY_CONTAINER,
+            "successCondition": JOB_SUCCESS,
+            "failureCondition": JOB_FAILURE,
+            "trialParameters": [
+                {
+                    "name": name,
+                    "description": f"{TRAINER_FLAGS[name]} of the trainer",
+                    "reference": name,
+                }
+                for name in names
+            ],
+            "trialSpec": _job(tuning, seed, default_image),
+        },
+    }
+
+
+def _spec_hash(experiment_spec: Mapping[str, Any]) -> str:
+    """Hash of everything Katib will not let us change in place (all but the budget)."""
+    frozen = {k: v for k, v in experiment_spec.items() if k not in BUDGET_FIELDS}
+    canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def _name_prefix(name: str) -> str:
+    """Make the tuning's name a DNS label that starts with a letter and leaves room for a hash."""
+    prefix = re.sub(r"[^a-z0-9-]", "-", name.lower())
+    if not prefix[:1].isalpha():
+        prefix = f"mnt-{prefix}"
+    return prefix[: MAX_EXPERIMENT_NAME - HASH_LENGTH - 1].rstrip("-")
+
+
+def _name(tuning: MnistTuning, experiment_spec: Mapping[str, Any]) -> str:
+    return f"{_name_prefix(tuning.metadata.name)}-{_spec_hash(experiment_spec)}"
+
+
+def experiment_name(tuning: MnistTuning, *, default_image: str = DEFAULT_TRAINER_IMAGE) -> str:
+    """Deterministic Experiment name: a budget change keeps it, any other change replaces it."""
+    return _name(tuning, _experiment_spec(tuning, default_image))
+
+
+def expand(tuning: MnistTuning, *, default_image: str = DEFAULT_TRAINER_IMAGE) -> dict[str, Any]:
+    """Build the full Katib Experiment (kubeflow.org/v1beta1) for a tuning."""
+    spec = _experiment_spec(tuning, default_image)
+    metadata: dict[str, Any] = {
+        "name": _name(tuning, spec),
+        "namespace": tuning.metadata.namespace or DEFAULT_NAMESPACE,
+        "labels": {LABEL_TUNING: tuning.metadata.name, LABEL_MANAGED_BY: MANAGED_BY},
+    }
+    if tuning.metadata.uid:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": tuning.metadata.name,
+                "uid": tuning.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return {"apiVersion": KATIB_API_VERSION, "kind": KATIB_KIND, "metadata": metadata, "spec": spec}
+
+
+def budget_of(experiment: Mapping[str, Any]) -> dict[str, int]:
+    """Return the three counts Katib lets us patch on a running Experiment."""
+    spec = experiment.get("spec") or {}
+    return {field: int(spec[field]) for field in BUDGET_FIELDS if field in spec}

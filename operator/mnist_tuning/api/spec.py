@@ -1,0 +1,636 @@
+"""The MnistTuning resource: spec and status models, and the one place its rules live.
+
+Each cross-field rule is written once, as a `Rule` with a Python check and the CEL
+expression the CRD carries, so `validate`/`render` and `kubectl apply` refuse the
+same manifests with the same message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "tuning.mnist.dev"
+VERSION = "v1alpha1"
+KIND = "MnistTuning"
+PLURAL = "mnisttunings"
+SINGULAR = "mnisttuning"
+SHORT_NAME = "mnt"
+CATEGORY = "tuning"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Hyperparameter = Literal[
+    "learningRate", "momentum", "batchSize", "epochs", "optimizer", "dropout", "weightDecay"
+]
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    "learningRate",
+    "momentum",
+    "batchSize",
+    "epochs",
+    "optimizer",
+    "dropout",
+    "weightDecay",
+)
+TRAINER_FLAGS: dict[str, str] = {
+    "learningRate": "--learning-rate",
+    "momentum": "--momentum",
+    "batchSize": "--batch-size",
+    "epochs": "--epochs",
+    "optimizer": "--optimizer",
+    "dropout": "--dropout",
+    "weightDecay": "--weight-decay",
+}
+# What the trainer uses for a hyperparameter nobody searched or fixed.
+TRAINER_DEFAULTS: dict[str, float | int | str] = {
+    "learningRate": 0.01,
+    "momentum": 0.5,
+    "batchSize": 64,
+    "epochs": 1,
+    "optimizer": "sgd",
+    "dropout": 0.0,
+    "weightDecay": 0.0,
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+# The values the trainer accepts, one alias per hyperparameter; the CRD's minimum/maximum come
+# from these same constraints.
+LearningRate = Annotated[float, Field(gt=0, le=10)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+BatchSize = Annotated[int, Field(ge=1, le=4096)]
+Epochs = Annotated[int, Field(ge=1, le=100)]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+WeightDecay = Annotated[float, Field(ge=0, le=1)]
+
+MAX_VALUES = 64
+MAX_NAME = 253
+# The tuning name is also a label value on the Experiment and its pods.
+MAX_TUNING_NAME = 63
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+IMAGE_PATTERN = r"^[^\s]+$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a manifest: where (a dotted field path) and what to do about it."""
+
+    path: str
+    message: str
+
+
+class SpecError(ValueError):
+    """A manifest that is not a valid MnistTuning; lists every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{p.path}: {p.message}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: a Python check on the model and the same rule in CEL for the CRD."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+
+class _Model(BaseModel):
+    """Shared settings: camelCase on the wire, unknown keys refused, rules checked after fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Any:
+        broken = [rule.message for rule in self.rules if not rule.check(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
+
+
+N = TypeVar("N")
+
+
+def _range_rules(log_min_positive: bool) -> tuple[Rule, ...]:
+    """Rules every numeric search space shares; `0.0`/`0` literals keep CEL types exact."""
+    rules = [
+        Rule(
+            "has(self.values) ? !has(self.min) && !has(self.max) && !has(self.step) "
+            "&& !has(self.scale) : has(self.min) && has(self.max)",
+            "give either values or min and max (with optional step and scale), not both",
+            lambda s: (
+                s.min is None and s.max is None and s.step is None and s.scale is None
+                if s.values is not None
+                else s.min is not None and s.max is not None
+            ),
+        ),
+        Rule(
+            "!has(self.min) || !has(self.max) || self.min < self.max",
+            "min must be less than max; swap them or widen the range",
+            lambda s: s.min is None or s.max is None or s.min < s.max,
+        ),
+        Rule(
+            "!has(self.values) || self.values.all(v, self.values.exists_one(w, w == v))",
+            "values must not repeat; remove the duplicates",
+            lambda s: s.values is None or len(set(s.values)) == len(s.values),
+        ),
+    ]
+    if log_min_positive:
+        rules.append(
+            Rule(
+                "!has(self.scale) || self.scale != 'log' || !has(self.min) || self.min > 0.0",
+                "scale log needs min greater than 0; raise min or use scale linear",
+                lambda s: s.scale != "log" or s.min is None or s.min > 0,
+            )
+        )
+    return tuple(rules)
+
+
+class _Space(_Model, Generic[N]):
+    """A numeric search space: a range (min, max, optional step and scale) or a list of values."""
+
+    min: N | None = Field(None, description="Lowest value to try (inclusive).")
+    max: N | None = Field(None, description="Highest value to try (inclusive).")
+    values: list[N] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_VALUES,
+        description="Try exactly these values instead of a range; non-empty, no repeats.",
+    )
+    scale: Literal["linear", "log"] | None = Field(
+        None,
+        description="How to sample between min and max: linear (uniform) or log (uniform in "
+        "the logarithm; needs min > 0). Default linear.",
+    )
+
+
+class FloatSpace(_Space[N], Generic[N]):
+    """A search space for a real-valued hyperparameter."""
+
+    step: float | None = Field(
+        None, gt=0, description="Only try multiples of this step (greater than 0)."
+    )
+    rules = _range_rules(log_min_positive=True)
+
+
+class IntSpace(_Space[N], Generic[N]):
+    """A search space for an integer hyperparameter."""
+
+    step: int | None = Field(
+        None, ge=1, description="Only try multiples of this step (at least 1). Default 1."
+    )
+    rules = _range_rules(log_min_positive=False)
+
+
+class ChoiceSpace(_Model):
+    """The optimizers to try."""
+
+    values: list[Optimizer] = Field(
+        min_length=1,
+        max_length=len(OPTIMIZERS),
+        description="Optimizers to try, each at most once: sgd, adam, adamw.",
+    )
+    rules = (
+        Rule(
+            "self.values.all(v, self.values.exists_one(w, w == v))",
+            "values must not repeat; remove the duplicates",
+            lambda s: len(set(s.values)) == len(s.values),
+        ),
+    )
+
+
+def _searched_names(search: Search) -> list[str]:
+    return [name for name in HYPERPARAMETERS if getattr(search, _attr(name)) is not None]
+
+
+def _attr(name: str) -> str:
+    """Python attribute name for a camelCase hyperparameter."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+class Search(_Model):
+    """The hyperparameters to tune and where to look; keys are the trainer's hyperparameters."""
+
+    learning_rate: FloatSpace[LearningRate] | None = Field(
+        None, description="SGD/Adam step size; the trainer accepts (0, 10]. Try scale log."
+    )
+    momentum: FloatSpace[Momentum] | None = Field(
+        None, description="SGD momentum; the trainer accepts [0, 1)."
+    )
+    batch_size: IntSpace[BatchSize] | None = Field(
+        None, description="Examples per training step; the trainer accepts 1..4096."
+    )
+    epochs: IntSpace[Epochs] | None = Field(
+        None, description="Passes over the training data; the trainer accepts 1..100."
+    )
+    optimizer: ChoiceSpace | None = Field(None, description="Optimizers to try.")
+    dropout: FloatSpace[Dropout] | None = Field(
+        None, description="Dropout probability; the trainer accepts [0, 1)."
+    )
+    weight_decay: FloatSpace[WeightDecay] | None = Field(
+        None, description="L2 penalty; the trainer accepts [0, 1]."
+    )
+    rules = (
+        Rule(
+            " || ".join(f"has(self.{name})" for name in HYPERPARAMETERS),
+            "search must name at least one hyperparameter, e.g. learningRate: {min: 0.001, "
+            "max: 0.1, scale: log}",
+            lambda s: bool(_searched_names(s)),
+        ),
+    )
+
+    def names(self) -> list[str]:
+        """List the searched hyperparameters, in the trainer's order."""
+        return _searched_names(self)
+
+    def space(self, name: str) -> FloatSpace[Any] | IntSpace[Any] | ChoiceSpace:
+        """Return the search space of one searched hyperparameter."""
+        space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace = getattr(self, _attr(name))
+        return space
+
+
+class Fixed(_Model):
+    """Hyperparameters held constant in every trial; anything unnamed uses the trainer default."""
+
+    learning_rate: LearningRate | None = Field(None, description="Default 0.01.")
+    momentum: Momentum | None = Field(None, description="Default 0.5.")
+    batch_size: BatchSize | None = Field(None, description="Default 64.")
+    epochs: Epochs | None = Field(None, description="Default 1.")
+    optimizer: Optimizer | None = Field(None, description="Default sgd.")
+    dropout: Dropout | None = Field(None, description="Default 0.0.")
+    weight_decay: WeightDecay | None = Field(None, description="Default 0.0.")
+
+    def values(self) -> dict[str, float | int | str]:
+        """Return the fixed hyperparameters that were given, by camelCase name."""
+        return {
+            name: value
+            for name in HYPERPARAMETERS
+            if (value := getattr(self, _attr(name))) is not None
+        }
+
+
+class Objective(_Model):
+    """What a trial is judged by."""
+
+    metric: Literal["accuracy", "loss"] = Field(
+        "accuracy",
+        description="accuracy (validation accuracy, maximized) or loss (validation loss, "
+        "minimized).",
+    )
+    goal: float | None = Field(
+        None,
+        ge=0,
+        description="Stop early once the best trial reaches this value (accuracy: at most 1).",
+    )
+    rules = (
+        Rule(
+            "!has(self.goal) || self.metric != 'accuracy' || self.goal <= 1.0",
+            "goal for accuracy must be at most 1; accuracy is a fraction",
+            lambda s: s.goal is None or s.metric != "accuracy" or s.goal <= 1,
+        ),
+    )
+
+    @property
+    def maximize(self) -> bool:
+        """Accuracy goes up, loss goes down."""
+        return self.metric == "accuracy"
+
+    @property
+    def other_metric(self) -> str:
+        """The metric reported alongside the objective."""
+        return "loss" if self.metric == "accuracy" else "accuracy"
+
+
+class Algorithm(_Model):
+    """How trials are chosen."""
+
+    name: Literal["random"] = Field("random", description="Search algorithm; random search.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed (Katib random_state); drawn and recorded in status.seed when "
+        "absent.",
+    )
+
+
+DEFAULT_MAX_TRIALS = 12
+DEFAULT_PARALLEL_TRIALS = 3
+DEFAULT_MAX_FAILED_TRIALS = 3
+
+
+class Budget(_Model):
+    """How many trials to run; the only part of a running tuning that changes in place."""
+
+    max_trials: int = Field(
+        DEFAULT_MAX_TRIALS, ge=1, le=1000, description="Trials to run in total."
+    )
+    parallel_trials: int = Field(
+        DEFAULT_PARALLEL_TRIALS,
+        ge=1,
+        le=100,
+        description="Trials running at once; at most maxTrials. Default min(3, maxTrials).",
+    )
+    max_failed_trials: int = Field(
+        DEFAULT_MAX_FAILED_TRIALS,
+        ge=0,
+        le=1000,
+        description="Give up after this many failed trials; at most maxTrials. Default "
+        "min(3, maxTrials).",
+    )
+    rules = (
+        Rule(
+            "!has(self.parallelTrials) || self.parallelTrials <= self.maxTrials",
+            "parallelTrials must not exceed maxTrials; lower parallelTrials or raise maxTrials",
+            lambda s: s.parallel_trials <= s.max_trials,
+        ),
+        Rule(
+            "!has(self.maxFailedTrials) || self.maxFailedTrials <= self.maxTrials",
+            "maxFailedTrials must not exceed maxTrials; lower maxFailedTrials or raise maxTrials",
+            lambda s: s.max_failed_trials <= s.max_trials,
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cap_defaults(cls, data: Any) -> Any:
+        """Unset parallel/failed counts default to 3, capped at maxTrials (Katib needs ≤)."""
+        if isinstance(data, Mapping):
+            data = dict(data)
+            max_trials = data.get("maxTrials", data.get("max_trials", DEFAULT_MAX_TRIALS))
+            if isinstance(max_trials, int) and max_trials >= 1:
+                for alias, name, default in (
+                    ("parallelTrials", "parallel_trials", DEFAULT_PARALLEL_TRIALS),
+                    ("maxFailedTrials", "max_failed_trials", DEFAULT_MAX_FAILED_TRIALS),
+                ):
+                    if alias not in data and name not in data:
+                        data[alias] = min(default, max_trials)
+        return data
+
+
+class SecretRef(_Model):
+    """A Secret in the tuning's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME, description="Name of a docker-registry Secret."
+    )
+
+
+def _quantity(value: Any) -> int | str:
+    """Accept a quantity as the API server does in a CRD: a whole number or a string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(QUANTITY_PATTERN, value):
+        return value
+    raise ValueError(f'{value!r} is not a Kubernetes quantity; write e.g. "500m", "2", "1Gi"')
+
+
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}],
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+class Resources(_Model):
+    """Compute resources of each trial's container (Kubernetes quantities)."""
+
+    requests: dict[str, Quantity] | None = Field(
+        None,
+        max_length=16,
+        description='Guaranteed resources, e.g. {cpu: "1", memory: 1Gi}.',
+    )
+    limits: dict[str, Quantity] | None = Field(
+        None, max_length=16, description="Resource caps, e.g. {memory: 2Gi}."
+    )
+
+
+DEFAULT_TIMEOUT_SECONDS = 1800
+
+
+class Trial(_Model):
+    """How each trial pod runs."""
+
+    image: str | None = Field(
+        None,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Trainer image; default from the operator's settings.",
+    )
+    image_pull_secrets: list[SecretRef] | None = Field(
+        None, max_length=16, description="Secrets for pulling a private trainer image."
+    )
+    resources: Resources | None = Field(None, description="Requests and limits of the trainer.")
+    timeout_seconds: int = Field(
+        DEFAULT_TIMEOUT_SECONDS,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="A trial running longer than this fails (Job activeDeadlineSeconds).",
+    )
+
+
+def _overlap_rule(name: str) -> Rule:
+    attr = _attr(name)
+    return Rule(
+        f"!has(self.search) || !has(self.fixed) || !has(self.search.{name}) "
+        f"|| !has(self.fixed.{name})",
+        f"{name} is in both search and fixed; remove it from one of them",
+        lambda s: getattr(s.search, attr) is None or getattr(s.fixed, attr) is None,
+        field_path=f".fixed.{name}",
+    )
+
+
+class MnistTuningSpec(_Model):
+    """What to tune, how long, and how each trial runs."""
+
+    objective: Objective = Field(default_factory=Objective, description="What to optimize.")
+    algorithm: Algorithm = Field(default_factory=Algorithm, description="How to pick trials.")
+    budget: Budget = Field(default_factory=Budget, description="How many trials.")
+    search: Search = Field(description="The hyperparameters to tune; at least one.")
+    fixed: Fixed = Field(default_factory=Fixed, description="Hyperparameters held constant.")
+    trial: Trial = Field(default_factory=Trial, description="How each trial pod runs.")
+    rules = tuple(_overlap_rule(name) for name in HYPERPARAMETERS)
+
+
+class ObjectMeta(_Model):
+    """The parts of Kubernetes metadata the tuning uses; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=MAX_TUNING_NAME)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class MnistTuning(_Model):
+    """A MnistTuning resource as read from a manifest or the API server (status not included)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["tuning.mnist.dev/v1alpha1"] = "tuning.mnist.dev/v1alpha1"
+    kind: Literal["MnistTuning"] = "MnistTuning"
+    metadata: ObjectMeta
+    spec: MnistTuningSpec
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """Dotted field path from a pydantic location: spec.search.batchSize.values[2]."""
+    path = ""
+    for item in loc:
+        path += f"[{item}]" if isinstance(item, int) else f"{'.' if path else ''}{item}"
+    return path or "(top level)"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field; remove it (check the spelling against `kubectl explain mnisttuning`)"
+    if error["type"] == "missing":
+        return "required; add it"
+    if error["type"] == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern")
+        if pattern == IMAGE_PATTERN:
+            return (
+                "an image reference has no spaces; write e.g. registry.example/mnist-trainer:0.1.0"
+            )
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message.replace("Input should be", "must be")
+
+
+def parse_tuning(manifest: Mapping[str, Any]) -> MnistTuning:
+    """Validate a MnistTuning manifest, raising SpecError with every problem and its field path."""
+    if not isinstance(manifest, Mapping):
+        raise SpecError([Problem("(top level)", "expected a MnistTuning object (a YAML mapping)")])
+    try:
+        return MnistTuning.model_validate(manifest)
+    except ValidationError as exc:
+        problems = [
+            Problem(_path(tuple(e["loc"])), _message(e)) for e in exc.errors(include_url=False)
+        ]
+        raise SpecError(problems) from None
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class _StatusModel(BaseModel):
+    """Status models: camelCase on the wire, None left out, lenient about extra keys."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class Condition(_StatusModel):
+    """A Kubernetes-style condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class TrialCounts(_StatusModel):
+    """Trials by state, as Katib counts them (absent counters are 0)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    running: int = 0
+    pending: int = 0
+    killed: int = 0
+    early_stopped: int = 0
+    metrics_unavailable: int = 0
+
+    @property
+    def done(self) -> int:
+        """Trials that have finished one way or another."""
+        return (
+            self.succeeded
+            + self.failed
+            + self.killed
+            + self.early_stopped
+            + self.metrics_unavailable
+        )
+
+
+class BestTrial(_StatusModel):
+    """The best trial so far; metrics are written flat next to `trial` (accuracy: 0.99)."""
+
+    trial: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    hyperparameters: dict[str, float | int | str] = Field(default_factory=dict)
+    objective_value: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_metrics(cls, data: Any) -> Any:
+        """Read the flat form back: unknown numeric keys are metrics."""
+        if isinstance(data, Mapping):
+            known = {"trial", "metrics", "hyperparameters", "objectiveValue", "objective_value"}
+            flat = {k: v for k, v in data.items() if k not in known}
+            if flat:
+                data = {k: v for k, v in data.items() if k in known}
+                data["metrics"] = {**dict(data.get("metrics") or {}), **flat}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        out = handler(self)
+        metrics = out.pop("metrics", {})
+        return {**out, **metrics}
+
+
+class MnistTuningStatus(_StatusModel):
+    """What the tuning found: the shape of `.status` and of the local engine's status.yaml."""
+
+    phase: Phase = "Pending"
+    observed_generation: int | None = None
+    experiment: str | None = None
+    seed: int | None = None
+    trials: TrialCounts = Field(default_factory=TrialCounts)
+    progress: str = "0/0"
+    best: BestTrial | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    start_time: str | None = None
+    completion_time: str | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """Return the JSON-ready dict for `.status`: camelCase keys, unset values left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
