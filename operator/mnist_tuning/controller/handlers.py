@@ -1,0 +1,342 @@
+"""kopf handlers: reconcile a MnistTuning into its Experiment, and follow Experiments back.
+
+Two entry points write a tuning's status: the spec handlers (create/update/resume) and
+the Experiment watch. Both read the tuning fresh and compute the whole status under a
+per-tuning lock, so the last writer always writes from the newest state. Nothing is
+ever written onto Katib's objects except the Experiment we render, and no finalizer is
+added anywhere (there are no deletion handlers, daemons or timers): owner references
+clean up, so deleting a tuning never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from mnist_tuning.api.expand import (
+    DEFAULT_TRAINER_IMAGE,
+    LABEL_TUNING,
+    budget_of,
+    expand,
+    resolve_seed,
+)
+from mnist_tuning.api.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Condition,
+    Phase,
+    SpecError,
+    parse_tuning,
+)
+from mnist_tuning.controller import conditions as c
+from mnist_tuning.controller.kube import KATIB_GROUP, KATIB_VERSION, Kube, refusal
+from mnist_tuning.controller.reconcile import (
+    Event,
+    fault_status,
+    is_settled,
+    katib_found,
+    mirrored_status,
+    namespace_enabled,
+    status_events,
+    status_patch,
+)
+from mnist_tuning.controller.settings import OperatorSettings
+
+registry = kopf.OperatorRegistry()
+
+ANNOTATION_RESYNC = f"{GROUP}/experiment-lost"
+LOCK_STRIPES = 64
+
+
+@dataclass
+class Operator:
+    """What the handlers share: the API client, the settings and the per-tuning locks."""
+
+    kube: Kube
+    settings: OperatorSettings
+    _locks: tuple[threading.Lock, ...] = field(
+        default_factory=lambda: tuple(threading.Lock() for _ in range(LOCK_STRIPES))
+    )
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        """One lock per tuning (striped, so memory stays flat with many tunings)."""
+        return self._locks[hash((namespace, name)) % LOCK_STRIPES]
+
+    @property
+    def default_image(self) -> str:
+        """The trainer image for tunings that do not name one."""
+        return self.settings.trial_image or DEFAULT_TRAINER_IMAGE
+
+    def reconcile(self, namespace: str, name: str, retry: int) -> None:
+        """Make the Experiment for the tuning's current spec exist and mirror it."""
+        with self.lock(namespace, name):
+            body = self.kube.get_tuning(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            self._reconcile(body, retry)
+
+    def _reconcile(self, body: dict[str, Any], retry: int) -> None:
+        namespace = body["metadata"]["namespace"]
+        generation = body["metadata"].get("generation")
+        old: Mapping[str, Any] = body.get("status") or {}
+        try:
+            tuning = parse_tuning(body)
+        except SpecError as exc:
+            invalid = c.condition(c.SPEC_VALID, False, c.SPEC_INVALID, str(exc), generation)
+            new = {
+                "phase": "Failed",
+                "observedGeneration": generation,
+                "conditions": c.settle(old.get("conditions") or [], [invalid], c.now()),
+            }
+            self._write(body, old, new, [Event("Warning", c.SPEC_INVALID, str(exc))])
+            raise kopf.PermanentError(str(exc)) from None
+        if is_settled(old, generation):
+            return
+        seed = resolve_seed(tuning)
+        delay = self.settings.retry_delay(retry)
+
+        def fault(phase: Phase, faults: list[Condition], event: Event) -> None:
+            new = fault_status(tuning, old, phase=phase, faults=faults, seed=seed, at=c.now())
+            self._write(body, old, new, [event] if status_patch(old, new) else [])
+
+        labels = self.kube.namespace_labels(namespace)
+        if labels.get(c.LABEL_KATIB_INJECTION) != "enabled":
+            message = c.namespace_message(namespace)
+            fault(
+                "Pending",
+                [
+                    c.condition(
+                        c.NAMESPACE_ENABLED, False, c.NAMESPACE_NOT_LABELLED, message, generation
+                    )
+                ],
+                Event("Warning", c.NAMESPACE_NOT_LABELLED, message),
+            )
+            raise kopf.TemporaryError(message, delay=delay)
+        wanted = expand(tuning, default_image=self.default_image)
+        exp_name = wanted["metadata"]["name"]
+        events: list[Event] = []
+        try:
+            experiment = self.kube.create_experiment(wanted)
+            if experiment is not None:
+                events.append(self._created_event(old, exp_name))
+            else:
+                experiment = self._existing(body, wanted)
+                experiment, patched = self._patch_budget(experiment, wanted)
+                events.extend(patched)
+        except ApiException as exc:
+            why = refusal(exc)
+            if why.katib_missing:
+                message = c.katib_missing_message(namespace)
+                fault(
+                    "Pending",
+                    [
+                        namespace_enabled(generation),
+                        c.condition(
+                            c.KATIB_AVAILABLE, False, c.KATIB_NOT_INSTALLED, message, generation
+                        ),
+                    ],
+                    Event("Warning", c.KATIB_NOT_INSTALLED, message),
+                )
+                raise kopf.TemporaryError(message, delay=delay) from None
+            if why.forbidden_by_rbac:
+                message = f"the operator's ServiceAccount may not do this: {why.message}"
+                fault(
+                    "Pending",
+                    [
+                        c.condition(
+                            c.EXPERIMENT_ACCEPTED, False, c.OPERATOR_FORBIDDEN, message, generation
+                        )
+                    ],
+                    Event("Warning", c.OPERATOR_FORBIDDEN, message),
+                )
+                raise kopf.TemporaryError(message, delay=delay) from None
+            if why.code in (400, 403, 422):
+                self._delete_stale(body, keep=None)
+                refused = c.condition(
+                    c.EXPERIMENT_ACCEPTED, False, c.EXPERIMENT_REFUSED, why.message, generation
+                )
+                fault(
+                    "Failed",
+                    [katib_found(generation), namespace_enabled(generation), refused],
+                    Event("Warning", c.EXPERIMENT_REFUSED, why.message),
+                )
+                raise kopf.PermanentError(why.message) from None
+            raise
+        replaced = self._delete_stale(body, keep=exp_name)
+        if replaced and events and events[0].reason == c.EXPERIMENT_CREATED:
+            events[0] = Event(
+                "Normal",
+                c.EXPERIMENT_REPLACED,
+                f"the spec changed beyond the budget: replaced Experiment "
+                f"{', '.join(replaced)} with {exp_name}",
+            )
+        new = mirrored_status(tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now())
+        self._write(body, old, new, events + status_events(tuning, old, new))
+
+    @staticmethod
+    def _created_event(old: Mapping[str, Any], name: str) -> Event:
+        if old.get("experiment") == name:
+            return Event(
+                "Warning",
+                c.EXPERIMENT_RECREATED,
+                f"Experiment {name} was deleted while the tuning was unfinished; created it again",
+            )
+        return Event("Normal", c.EXPERIMENT_CREATED, f"created Katib Experiment {name}")
+
+    def _existing(self, body: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+        """Read the Experiment that answered 409; it must be this tuning's, not a namesake's."""
+        meta = wanted["metadata"]
+        experiment = self.kube.get_experiment(meta["namespace"], meta["name"])
+        if experiment is None:
+            raise kopf.TemporaryError(f"Experiment {meta['name']} is being deleted", delay=1)
+        if _owner_uid(experiment) != body["metadata"]["uid"]:
+            raise kopf.TemporaryError(
+                f"Experiment {meta['name']} belongs to an earlier tuning of the same name; "
+                "waiting for the garbage collector to remove it",
+                delay=self.settings.retry_base_seconds,
+            )
+        return experiment
+
+    def _patch_budget(
+        self, experiment: dict[str, Any], wanted: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[Event]]:
+        """Budget edits go into the running Experiment; Katib allows exactly these fields."""
+        have, want = budget_of(experiment), budget_of(wanted)
+        if have == want:
+            return experiment, []
+        meta = experiment["metadata"]
+        patched = self.kube.patch_experiment_spec(meta["namespace"], meta["name"], want)
+        change = ", ".join(
+            f"{key} {have.get(key)}→{value}"
+            for key, value in want.items()
+            if have.get(key) != value
+        )
+        return patched, [
+            Event("Normal", c.BUDGET_UPDATED, f"patched Experiment {meta['name']}: {change}")
+        ]
+
+    def _delete_stale(self, body: Mapping[str, Any], keep: str | None) -> list[str]:
+        """Delete this tuning's Experiments for earlier specs; return their names."""
+        meta = body["metadata"]
+        stale = [
+            exp["metadata"]["name"]
+            for exp in self.kube.experiments_of(meta["namespace"], meta["name"])
+            if exp["metadata"]["name"] != keep and _owner_uid(exp) == meta["uid"]
+        ]
+        for name in stale:
+            self.kube.delete_experiment(meta["namespace"], name)
+        return stale
+
+    def follow(self, event_type: str | None, experiment: Mapping[str, Any]) -> None:
+        """Mirror an Experiment's change into its tuning; a deleted one is re-requested."""
+        meta = experiment.get("metadata") or {}
+        owner = _owner(experiment)
+        if owner is None:
+            return
+        namespace, name = meta["namespace"], owner["name"]
+        with self.lock(namespace, name):
+            body = self.kube.get_tuning(namespace, name)
+            if (
+                body is None
+                or body["metadata"].get("uid") != owner.get("uid")
+                or body["metadata"].get("deletionTimestamp")
+            ):
+                return
+            try:
+                tuning = parse_tuning(body)
+            except SpecError:
+                return
+            wanted = expand(tuning, default_image=self.default_image)
+            if meta.get("name") != wanted["metadata"]["name"]:
+                return  # an Experiment of an earlier spec, on its way out
+            old: Mapping[str, Any] = body.get("status") or {}
+            if event_type == "DELETED":
+                if not is_settled(old, body["metadata"].get("generation")):
+                    # Hand over to the spec handlers, which retry with backoff.
+                    self.kube.annotate_tuning(
+                        namespace, name, {ANNOTATION_RESYNC: f"{meta['name']} at {c.now()}"}
+                    )
+                return
+            new = mirrored_status(
+                tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now()
+            )
+            self._write(body, old, new, status_events(tuning, old, new))
+
+    def _write(
+        self,
+        body: Mapping[str, Any],
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        events: list[Event],
+    ) -> None:
+        patch = status_patch(old, new)
+        if patch is not None:
+            meta = body["metadata"]
+            self.kube.patch_tuning_status(meta["namespace"], meta["name"], patch)
+        for event in events:
+            kopf.event(
+                kopf.Body(cast("kopf.RawBody", dict(body))),
+                type=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
+
+
+def _owner(experiment: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the controlling MnistTuning owner reference, if any."""
+    for ref in (experiment.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion") == API_VERSION
+        ):
+            return dict(ref)
+    return None
+
+
+def _owner_uid(experiment: Mapping[str, Any]) -> str | None:
+    owner = _owner(experiment)
+    return None if owner is None else owner.get("uid")
+
+
+@kopf.on.startup(registry=registry)
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations on our own objects and build the shared state."""
+    config: OperatorSettings = memo["config"]
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.execution.max_workers = config.workers
+    settings.posting.loggers = False
+    memo["operator"] = Operator(Kube(), config)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="resume")
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="create")
+@kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="update")
+def reconcile(namespace: str | None, name: str, retry: int, memo: Any, **_: Any) -> None:
+    """Any change of a tuning's spec, labels or annotations, and every operator start."""
+    operator: Operator = memo["operator"]
+    operator.reconcile(namespace or "default", name, retry)
+
+
+@kopf.on.event(
+    KATIB_GROUP,
+    KATIB_VERSION,
+    "experiments",
+    labels={LABEL_TUNING: kopf.PRESENT},
+    registry=registry,
+)
+def follow(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Watch our Experiments by label: a watch only, so kopf writes nothing onto them."""
+    operator: Operator = memo["operator"]
+    operator.follow(type, dict(body))

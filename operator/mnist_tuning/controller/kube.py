@@ -1,0 +1,165 @@
+"""The operator's Kubernetes I/O: a thin wrapper over the official client.
+
+Every call the operator makes is here, so the RBAC in `deploy/operator/` can be read
+against one file. Errors are sorted into what the operator does about them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from mnist_tuning.api.expand import KATIB_API_VERSION, LABEL_TUNING
+from mnist_tuning.api.spec import GROUP, PLURAL, VERSION
+
+KATIB_GROUP, KATIB_VERSION = KATIB_API_VERSION.split("/")
+EXPERIMENTS: Final = "experiments"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the API server would not take an Experiment, in its own words."""
+
+    code: int
+    message: str
+    katib_missing: bool
+    forbidden_by_rbac: bool
+
+
+def refusal(exc: ApiException) -> Refusal:
+    """Classify a failed write: Katib missing (404 on the collection) vs refused vs RBAC."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    message = str(body.get("message") or exc.reason or exc)
+    details = body.get("details") or {}
+    # A create answers 404 only when the collection is not served (the namespace itself
+    # missing names kind "namespaces").
+    katib_missing = exc.status == 404 and details.get("kind") in (None, EXPERIMENTS)
+    # RBAC denials say "... cannot <verb> resource ..."; admission denials do not.
+    forbidden = exc.status == 403 and " cannot " in message and "resource" in message
+    return Refusal(exc.status or 0, message, katib_missing, forbidden)
+
+
+def _object(value: object) -> dict[str, Any]:
+    """Narrow the client's untyped custom-object answers to the JSON objects they are."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object from the API server, got {type(value).__name__}")
+    return value
+
+
+class Kube:
+    """The API calls the operator makes, on one shared (thread-safe) API client."""
+
+    def __init__(self) -> None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        api = client.ApiClient()
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        """Labels of a namespace (the Katib injection label is read from here)."""
+        ns = self._core.read_namespace(namespace)
+        return dict((ns.metadata and ns.metadata.labels) or {})
+
+    def get_tuning(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read the MnistTuning as stored now; None when it is gone."""
+        try:
+            body = _object(
+                self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def patch_tuning_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch `.status` through the status subresource (None values delete keys)."""
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    def annotate_tuning(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Touch the tuning's metadata so kopf runs the spec handlers (with their retries)."""
+        self._custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
+        )
+
+    def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read the Experiment; None when it does not exist."""
+        try:
+            body = _object(
+                self._custom.get_namespaced_custom_object(
+                    KATIB_GROUP, KATIB_VERSION, namespace, EXPERIMENTS, name
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def create_experiment(self, experiment: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the Experiment; None when it already exists (409 is not an error here)."""
+        try:
+            body = _object(
+                self._custom.create_namespaced_custom_object(
+                    KATIB_GROUP,
+                    KATIB_VERSION,
+                    experiment["metadata"]["namespace"],
+                    EXPERIMENTS,
+                    experiment,
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return body
+
+    def patch_experiment_spec(
+        self, namespace: str, name: str, spec: dict[str, int]
+    ) -> dict[str, Any]:
+        """Merge-patch the budget fields of a running Experiment."""
+        return _object(
+            self._custom.patch_namespaced_custom_object(
+                KATIB_GROUP, KATIB_VERSION, namespace, EXPERIMENTS, name, {"spec": spec}
+            )
+        )
+
+    def experiments_of(self, namespace: str, tuning: str) -> list[dict[str, Any]]:
+        """Every Experiment labelled as belonging to the tuning (old ones included)."""
+        result = _object(
+            self._custom.list_namespaced_custom_object(
+                KATIB_GROUP,
+                KATIB_VERSION,
+                namespace,
+                EXPERIMENTS,
+                label_selector=f"{LABEL_TUNING}={tuning}",
+            )
+        )
+        return [_object(item) for item in result.get("items", [])]
+
+    def delete_experiment(self, namespace: str, name: str) -> None:
+        """Delete an Experiment (its Trials follow by owner reference); gone already is fine."""
+        try:
+            self._custom.delete_namespaced_custom_object(
+                KATIB_GROUP,
+                KATIB_VERSION,
+                namespace,
+                EXPERIMENTS,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

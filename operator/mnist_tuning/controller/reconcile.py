@@ -1,0 +1,175 @@
+"""Pure decisions of the operator: which status to write and which Events to post.
+
+No I/O here: the handlers feed in what they read from the API server and apply what
+comes out, so every rule can be read (and tested) without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_tuning.api.expand import budget_of
+from mnist_tuning.api.spec import Condition, MnistTuning, Phase
+from mnist_tuning.api.summarize import TERMINAL, is_better, summarize
+from mnist_tuning.controller import conditions as c
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the MnistTuning."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def is_settled(status: Mapping[str, Any], generation: int | None) -> bool:
+    """Tell whether this spec generation already ended (succeeded, failed or was refused).
+
+    A settled tuning is left alone: nothing is recreated after an operator restart, an
+    upgrade that changes the default trainer image, or a deleted finished Experiment.
+    """
+    return status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
+
+
+def katib_found(generation: int | None) -> Condition:
+    """Say that Katib's Experiment API is served."""
+    return c.condition(
+        c.KATIB_AVAILABLE,
+        True,
+        c.KATIB_FOUND,
+        "Katib serves experiments.kubeflow.org/v1beta1",
+        generation,
+    )
+
+
+def namespace_enabled(generation: int | None) -> Condition:
+    """Say that the namespace carries Katib's injection label."""
+    return c.condition(
+        c.NAMESPACE_ENABLED,
+        True,
+        c.NAMESPACE_LABELLED,
+        f"the namespace has {c.LABEL_KATIB_INJECTION}=enabled",
+        generation,
+    )
+
+
+def accepted_conditions(experiment: str, generation: int | None) -> list[Condition]:
+    """Return the operator's own conditions while an Experiment serves the spec."""
+    return [
+        katib_found(generation),
+        namespace_enabled(generation),
+        c.condition(
+            c.EXPERIMENT_ACCEPTED,
+            True,
+            c.EXPERIMENT_CREATED,
+            f"Katib Experiment {experiment} runs this spec",
+            generation,
+        ),
+    ]
+
+
+def mirrored_status(
+    tuning: MnistTuning,
+    experiment: Mapping[str, Any],
+    old: Mapping[str, Any],
+    *,
+    wanted_budget: Mapping[str, int],
+    at: str,
+) -> dict[str, Any]:
+    """Our status from the Experiment now serving the spec, plus the operator's conditions.
+
+    `observedGeneration` only moves to the tuning's generation once the Experiment runs
+    its budget too; until the patch lands the old generation stays.
+    """
+    generation = tuning.metadata.generation
+    summary = summarize(experiment, tuning)
+    status = summary.to_manifest()
+    current = budget_of(experiment) == dict(wanted_budget)
+    status["observedGeneration"] = generation if current else old.get("observedGeneration")
+    own = accepted_conditions(str(status["experiment"]), generation)
+    refused = [
+        cond
+        for cond in old.get("conditions") or []
+        if cond.get("type") == c.EXPERIMENT_ACCEPTED and cond.get("status") == "False"
+    ]
+    if refused and not current:
+        # A refused budget edit stays visible until a later spec is accepted.
+        own[-1] = Condition.model_validate(refused[0])
+    katib = [
+        cond.model_copy(update={"observed_generation": generation}) for cond in summary.conditions
+    ]
+    status["conditions"] = c.settle(old.get("conditions") or [], own + katib, at)
+    return status
+
+
+def fault_status(
+    tuning: MnistTuning,
+    old: Mapping[str, Any],
+    *,
+    phase: Phase,
+    faults: list[Condition],
+    seed: int,
+    at: str,
+) -> dict[str, Any]:
+    """Status when no Experiment serves the spec: the fault says why and what to do."""
+    return {
+        "phase": phase,
+        "observedGeneration": tuning.metadata.generation,
+        "seed": seed,
+        "trials": {},
+        "progress": f"0/{tuning.spec.budget.max_trials}",
+        "conditions": c.settle(old.get("conditions") or [], faults, at),
+    }
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Return a merge patch turning `old` into `new` (None deletes a key); None if equal."""
+    if dict(old) == dict(new):
+        return None
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    patch.update(new)
+    return patch
+
+
+def _best_value(status: Mapping[str, Any], metric: str) -> float | None:
+    best = status.get("best") or {}
+    value = best.get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def describe_best(best: Mapping[str, Any], metric: str) -> str:
+    """'accuracy 0.9871 with learningRate=0.0312, momentum=0.83 (trial x)'."""
+    params = ", ".join(f"{k}={v}" for k, v in (best.get("hyperparameters") or {}).items())
+    params = params or "no hyperparameters"
+    return f"{metric} {best.get(metric)} with {params} (trial {best.get('trial')})"
+
+
+def status_events(
+    tuning: MnistTuning, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[Event]:
+    """Events for what changed between two statuses: a better best trial, the end of the run."""
+    events: list[Event] = []
+    objective = tuning.spec.objective
+    same_experiment = old.get("experiment") == new.get("experiment")
+    candidate = _best_value(new, objective.metric)
+    incumbent = _best_value(old, objective.metric) if same_experiment else None
+    if candidate is not None and is_better(candidate, incumbent, objective):
+        events.append(
+            Event("Normal", c.BEST_TRIAL_IMPROVED, describe_best(new["best"], objective.metric))
+        )
+    ended = new.get("phase") in TERMINAL and not (
+        same_experiment and old.get("phase") == new.get("phase")
+    )
+    if ended and new.get("experiment"):
+        terminal = [cond for cond in new.get("conditions") or [] if cond.get("type") in TERMINAL]
+        said = f"{terminal[-1].get('reason')}: {terminal[-1].get('message')}" if terminal else ""
+        best = new.get("best")
+        found = f"; best {describe_best(best, objective.metric)}" if best else ""
+        if new["phase"] == "Succeeded":
+            events.append(Event("Normal", c.TUNING_SUCCEEDED, f"{said}{found}"))
+        else:
+            events.append(Event("Warning", c.TUNING_FAILED, f"{said}{found}"))
+    return events
