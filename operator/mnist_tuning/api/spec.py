@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainValidator,
     ValidationError,
     WithJsonSchema,
@@ -23,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 GROUP = "tuning.mnist.dev"
 VERSION = "v1alpha1"
@@ -112,6 +115,13 @@ class Rule:
     check: Callable[[Any], bool]
     field_path: str | None = None
 
+    def to_cel(self) -> dict[str, str]:
+        """Return the rule as one entry of a CRD's x-kubernetes-validations."""
+        cel = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            cel["fieldPath"] = self.field_path
+        return cel
+
 
 class _Model(BaseModel):
     """Shared settings: camelCase on the wire, unknown keys refused, rules checked after fields."""
@@ -132,6 +142,16 @@ class _Model(BaseModel):
         if broken:
             raise ValueError("; ".join(broken))
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Carry the rules into the schema as CEL, so the CRD enforces what Python does."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        if cls.rules:
+            schema["x-kubernetes-validations"] = [rule.to_cel() for rule in cls.rules]
+        return schema
 
 
 N = TypeVar("N")
@@ -345,8 +365,16 @@ DEFAULT_PARALLEL_TRIALS = 3
 DEFAULT_MAX_FAILED_TRIALS = 3
 
 
+def _capped_defaults_in_code(schema: dict[str, Any]) -> None:
+    """Leave capped defaults to code: they depend on maxTrials, which a CRD default cannot."""
+    for name in ("parallelTrials", "maxFailedTrials"):
+        schema["properties"][name].pop("default", None)
+
+
 class Budget(_Model):
     """How many trials to run; the only part of a running tuning that changes in place."""
+
+    model_config = ConfigDict(json_schema_extra=_capped_defaults_in_code)
 
     max_trials: int = Field(
         DEFAULT_MAX_TRIALS, ge=1, le=1000, description="Trials to run in total."
@@ -471,15 +499,35 @@ def _overlap_rule(name: str) -> Rule:
     )
 
 
+# The API server applies nested defaults only inside objects that exist.
+EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
+
+
 class MnistTuningSpec(_Model):
     """What to tune, how long, and how each trial runs."""
 
-    objective: Objective = Field(default_factory=Objective, description="What to optimize.")
-    algorithm: Algorithm = Field(default_factory=Algorithm, description="How to pick trials.")
-    budget: Budget = Field(default_factory=Budget, description="How many trials.")
+    objective: Objective = Field(
+        default_factory=Objective, json_schema_extra=EMPTY_DEFAULT, description="What to optimize."
+    )
+    algorithm: Algorithm = Field(
+        default_factory=Algorithm,
+        json_schema_extra=EMPTY_DEFAULT,
+        description="How to pick trials.",
+    )
+    budget: Budget = Field(
+        default_factory=Budget, json_schema_extra=EMPTY_DEFAULT, description="How many trials."
+    )
     search: Search = Field(description="The hyperparameters to tune; at least one.")
-    fixed: Fixed = Field(default_factory=Fixed, description="Hyperparameters held constant.")
-    trial: Trial = Field(default_factory=Trial, description="How each trial pod runs.")
+    fixed: Fixed = Field(
+        default_factory=Fixed,
+        json_schema_extra=EMPTY_DEFAULT,
+        description="Hyperparameters held constant.",
+    )
+    trial: Trial = Field(
+        default_factory=Trial,
+        json_schema_extra=EMPTY_DEFAULT,
+        description="How each trial pod runs.",
+    )
     rules = tuple(_overlap_rule(name) for name in HYPERPARAMETERS)
 
 
@@ -500,8 +548,8 @@ class MnistTuning(_Model):
 
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["tuning.mnist.dev/v1alpha1"] = "tuning.mnist.dev/v1alpha1"
-    kind: Literal["MnistTuning"] = "MnistTuning"
+    api_version: Literal["tuning.mnist.dev/v1alpha1"]
+    kind: Literal["MnistTuning"]
     metadata: ObjectMeta
     spec: MnistTuningSpec
 
@@ -514,11 +562,20 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+REQUIRED_HINTS: dict[tuple[str, ...], str] = {
+    ("apiVersion",): f"required; add `apiVersion: {API_VERSION}`",
+    ("kind",): f"required; add `kind: {KIND}`",
+    ("metadata",): "required; add `metadata: {name: my-tuning}`",
+    ("spec", "search"): "required; name at least one hyperparameter to tune, e.g. "
+    "`learningRate: {min: 0.001, max: 0.1, scale: log}`",
+}
+
+
 def _message(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown field; remove it (check the spelling against `kubectl explain mnisttuning`)"
     if error["type"] == "missing":
-        return "required; add it"
+        return REQUIRED_HINTS.get(tuple(error["loc"]), "required; add it")
     if error["type"] == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern")
         if pattern == IMAGE_PATTERN:
@@ -543,6 +600,8 @@ def parse_tuning(manifest: Mapping[str, Any]) -> MnistTuning:
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+MAX_CONDITIONS = 16
+MAX_STRING = 32768
 
 
 class _StatusModel(BaseModel):
@@ -557,30 +616,36 @@ class _StatusModel(BaseModel):
 
 
 class Condition(_StatusModel):
-    """A Kubernetes-style condition."""
+    """A Kubernetes-style condition: Katib's own (Created, Running, Succeeded, Failed) or ours."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    type: str = Field(max_length=316, description="What the condition is about.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", max_length=1024, description="Machine-readable cause, CamelCase.")
+    message: str = Field("", max_length=MAX_STRING, description="What happened, what to do.")
+    last_transition_time: str | None = Field(
+        None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        None, description="The spec generation the condition was computed from."
+    )
 
 
 class TrialCounts(_StatusModel):
     """Trials by state, as Katib counts them (absent counters are 0)."""
 
-    succeeded: int = 0
-    failed: int = 0
-    running: int = 0
-    pending: int = 0
-    killed: int = 0
-    early_stopped: int = 0
-    metrics_unavailable: int = 0
+    succeeded: int = Field(0, description="Trials that finished and reported metrics.")
+    failed: int = Field(0, description="Trials whose pod failed.")
+    running: int = Field(0, description="Trials running now.")
+    pending: int = Field(0, description="Trials waiting to start.")
+    killed: int = Field(0, description="Trials stopped by Katib.")
+    early_stopped: int = Field(0, description="Trials stopped early by Katib.")
+    metrics_unavailable: int = Field(
+        0, description="Trials that finished without reporting the objective (count as failed)."
+    )
 
     @property
     def done(self) -> int:
-        """Trials that have finished one way or another."""
+        """Count the trials that have finished one way or another."""
         return (
             self.succeeded
             + self.failed
@@ -601,7 +666,7 @@ class BestTrial(_StatusModel):
     @model_validator(mode="before")
     @classmethod
     def _gather_metrics(cls, data: Any) -> Any:
-        """Read the flat form back: unknown numeric keys are metrics."""
+        """Read the flat form back: keys that are not fields are metrics."""
         if isinstance(data, Mapping):
             known = {"trial", "metrics", "hyperparameters", "objectiveValue", "objective_value"}
             flat = {k: v for k, v in data.items() if k not in known}
@@ -616,20 +681,76 @@ class BestTrial(_StatusModel):
         metrics = out.pop("metrics", {})
         return {**out, **metrics}
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Describe the flat wire form, with hyperparameters typed as the spec types them."""
+        hyperparameters = {
+            name: {
+                "type": _STATUS_TYPES[name],
+                "description": f"{name} of the best trial.",
+            }
+            for name in HYPERPARAMETERS
+        }
+        return {
+            "type": "object",
+            "description": cls.__doc__,
+            "properties": {
+                "trial": {"type": "string", "description": "Name of the best Katib trial."},
+                "objectiveValue": {
+                    "type": "number",
+                    "description": "The best trial's value of the objective metric.",
+                },
+                "accuracy": {"type": "number", "description": "Best validation accuracy."},
+                "loss": {"type": "number", "description": "Best validation loss."},
+                "hyperparameters": {
+                    "type": "object",
+                    "description": "The searched hyperparameters of the best trial.",
+                    "properties": hyperparameters,
+                },
+            },
+            "required": ["trial"],
+        }
+
+
+_STATUS_TYPES = {
+    name: "string"
+    if name == "optimizer"
+    else "integer"
+    if name in ("batchSize", "epochs")
+    else "number"
+    for name in HYPERPARAMETERS
+}
+
 
 class MnistTuningStatus(_StatusModel):
     """What the tuning found: the shape of `.status` and of the local engine's status.yaml."""
 
-    phase: Phase = "Pending"
-    observed_generation: int | None = None
-    experiment: str | None = None
-    seed: int | None = None
-    trials: TrialCounts = Field(default_factory=TrialCounts)
-    progress: str = "0/0"
-    best: BestTrial | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    start_time: str | None = None
-    completion_time: str | None = None
+    phase: Phase = Field("Pending", description="Pending, Running, Succeeded or Failed.")
+    observed_generation: int | None = Field(
+        None, description="The spec generation this status reflects."
+    )
+    experiment: str | None = Field(
+        None, max_length=63, description="The Katib Experiment now serving this spec."
+    )
+    seed: int | None = Field(None, description="The random seed in use (Katib random_state).")
+    trials: TrialCounts = Field(default_factory=TrialCounts, description="Trials by state.")
+    progress: str = Field("0/0", max_length=32, description="Finished trials / maxTrials.")
+    best: BestTrial | None = Field(None, description="The best trial so far.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Latest observations of the tuning's state.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    start_time: str | None = Field(None, description="When the Experiment started (RFC 3339).")
+    completion_time: str | None = Field(
+        None, description="When the Experiment finished (RFC 3339)."
+    )
 
     def to_manifest(self) -> dict[str, Any]:
         """Return the JSON-ready dict for `.status`: camelCase keys, unset values left out."""
