@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build the control-plane binaries the test tiers run against, from the Go module proxy.
+#
+# Each component is compiled once per (component version, Go version) into a cache outside the
+# repository, then copied into .cluster/bin/ (git-ignored). A warm run only copies.
+# Katib's CRD manifests come from the same downloaded katib module into .cluster/crds/katib/.
+#
+# Environment: CLUSTER_DIR (default .cluster), MNIST_TUNING_CACHE (default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/mnist-tuning), GO (default go), BUILD_PARALLELISM (default 2).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cluster_dir="${CLUSTER_DIR:-$root/.cluster}"
+case "$cluster_dir" in /*) ;; *) cluster_dir="$root/$cluster_dir" ;; esac
+cache="${MNIST_TUNING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mnist-tuning}"
+go_bin="${GO:-go}"
+jobs="${BUILD_PARALLELISM:-2}"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+
+if ! command -v "$go_bin" >/dev/null; then
+  echo "build.sh: Go is not installed; install Go >= 1.24 (https://go.dev/dl/) and rerun make binaries" >&2
+  exit 1
+fi
+go_version="$("$go_bin" env GOVERSION)"
+
+# The version of module $2 that the wrapper module in directory $1 requires.
+module_version() {
+  (cd "$here/$1" && "$go_bin" list -m -f '{{.Version}}' "$2")
+}
+
+# build_component NAME WRAPPER_DIR VERSION LDFLAGS PACKAGE=OUTPUT...
+# Compiles each PACKAGE into the cache slot NAME-VERSION-GOVERSION unless every OUTPUT is there.
+build_component() {
+  local name="$1" wrapper="$2" version="$3" ldflags="$4"
+  shift 4
+  local slot="$cache/bin/$name-$version-$go_version"
+  local missing=()
+  local pair
+  for pair in "$@"; do
+    [[ -x "$slot/${pair#*=}" ]] || missing+=("$pair")
+  done
+  if ((${#missing[@]})); then
+    mkdir -p "$slot"
+    for pair in "${missing[@]}"; do
+      local pkg="${pair%%=*}" out="${pair#*=}"
+      echo "build.sh: compiling $out ($name $version, $go_version); the first build takes minutes" >&2
+      local start=$SECONDS
+      (cd "$here/$wrapper" &&
+        "$go_bin" build -p "$jobs" -trimpath -ldflags "-s -w $ldflags" -o "$slot/$out.tmp" "$pkg")
+      mv "$slot/$out.tmp" "$slot/$out"
+      echo "build.sh: $out built in $((SECONDS - start))s" >&2
+    done
+  fi
+  mkdir -p "$cluster_dir/bin"
+  for pair in "$@"; do
+    install -m 0755 "$slot/${pair#*=}" "$cluster_dir/bin/${pair#*=}"
+  done
+}
+
+k8s_version="$(module_version kubernetes k8s.io/kubernetes)"
+k8s_minor="${k8s_version#v1.}"
+k8s_minor="${k8s_minor%%.*}"
+k8s_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+build_component kubernetes kubernetes "$k8s_version" "$k8s_ldflags" \
+  k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl=kubectl
+
+if [[ -f "$here/etcd/go.mod" ]]; then
+  etcd_version="$(module_version etcd go.etcd.io/etcd/server/v3)"
+  build_component etcd etcd "$etcd_version" \
+    "-X go.etcd.io/etcd/api/v3/version.GitSHA=$etcd_version" \
+    go.etcd.io/etcd/server/v3=etcd
+fi
+
+if [[ -f "$here/katib-validate/go.mod" ]]; then
+  katib_version="$(module_version katib-validate github.com/kubeflow/katib)"
+  katib_dir="$(cd "$here/katib-validate" && "$go_bin" list -m -f '{{.Dir}}' github.com/kubeflow/katib)"
+  # The validator judges against the katib-config of Katib's standalone install, built in.
+  katib_config="$katib_dir/manifests/v1beta1/installs/katib-standalone/katib-config.yaml"
+  # The validator's own source is part of the key: editing main.go must rebuild it.
+  src_hash="$(cat "$here/katib-validate/"*.go "$here/katib-validate/go.sum" "$katib_config" |
+    sha256sum | cut -c1-12)"
+  build_component katib-validate katib-validate "$katib_version-$src_hash" \
+    "-X main.standaloneKatibConfig=$(base64 -w0 "$katib_config")" .=katib-validate
+  rm -rf "$cluster_dir/crds/katib"
+  mkdir -p "$cluster_dir/crds/katib"
+  install -m 0644 "$katib_dir"/manifests/v1beta1/components/crd/{experiment,trial,suggestion}.yaml \
+    "$cluster_dir/crds/katib/"
+fi
+
+echo "build.sh: binaries in $cluster_dir/bin" >&2

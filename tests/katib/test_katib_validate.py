@@ -1,0 +1,175 @@
+"""Katib's own Go defaulting and validation judge every Experiment we render.
+
+`katib-validate` (tests/harness/katib-validate) runs Katib v0.19.0's `Experiment.SetDefault` and
+experiment validator. An Experiment passes only if Katib accepts it and defaulting leaves it
+unchanged, i.e. what we render is exactly what Katib would run.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
+
+import launcher
+
+REPO_ROOT = launcher.REPO_ROOT
+SAMPLES = sorted((REPO_ROOT / "deploy" / "samples").glob("*.yaml"))
+Experiment = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def katib_validate() -> Path:
+    try:
+        return launcher.binaries_dir() / "katib-validate"
+    except launcher.ControlPlaneError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+def render(sample: Path) -> Experiment:
+    result = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "mnist-tuning"), "render", "-f", str(sample)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"render {sample.name} failed: {result.stderr}"
+    experiment: Experiment = yaml.safe_load(result.stdout)
+    return experiment
+
+
+def judge(
+    katib_validate: Path, tmp_path: Path, *experiments: Experiment
+) -> subprocess.CompletedProcess[str]:
+    paths = []
+    for index, experiment in enumerate(experiments):
+        path = tmp_path / f"experiment-{index}.yaml"
+        path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+        paths.append(str(path))
+    return subprocess.run(
+        [str(katib_validate), *paths], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_there_are_samples() -> None:
+    assert {path.name for path in SAMPLES} >= {"quick.yaml", "seed-random.yaml", "full.yaml"}
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[path.stem for path in SAMPLES])
+def test_katib_accepts_every_rendered_sample_unchanged(
+    katib_validate: Path, tmp_path: Path, sample: Path
+) -> None:
+    result = judge(katib_validate, tmp_path, render(sample))
+    assert result.returncode == 0, result.stderr
+    assert "accepted unchanged" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def reference() -> Experiment:
+    """The rendered seed experiment: a known-good starting point for broken variants."""
+    return render(REPO_ROOT / "deploy" / "samples" / "seed-random.yaml")
+
+
+def _trial_template(experiment: Experiment) -> dict[str, Any]:
+    template: dict[str, Any] = experiment["spec"]["trialTemplate"]
+    return template
+
+
+def _container(experiment: Experiment) -> dict[str, Any]:
+    container: dict[str, Any] = _trial_template(experiment)["trialSpec"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    return container
+
+
+def parallel_above_max(experiment: Experiment) -> None:
+    spec = experiment["spec"]
+    spec["parallelTrialCount"] = spec["maxTrialCount"] + 1
+
+
+def trial_parameter_missing(experiment: Experiment) -> None:
+    # The placeholder stays in the command, but nothing declares it any more.
+    _trial_template(experiment)["trialParameters"].pop(0)
+
+
+def undeclared_placeholder(experiment: Experiment) -> None:
+    _container(experiment)["command"].append("--extra=${trialParameters.notDeclared}")
+
+
+def name_of_41_characters(experiment: Experiment) -> None:
+    experiment["metadata"]["name"] = "a" * 41
+
+
+def defaulting_would_change_it(experiment: Experiment) -> None:
+    del experiment["spec"]["resumePolicy"]
+
+
+def misspelt_field(experiment: Experiment) -> None:
+    experiment["spec"]["maxTrialCounts"] = experiment["spec"].pop("maxTrialCount")
+
+
+BROKEN: dict[str, tuple[Callable[[Experiment], None], str]] = {
+    "parallel-above-max": (
+        parallel_above_max,
+        "spec.parallelTrialCount: Invalid value: ",
+    ),
+    "trial-parameter-missing": (
+        trial_parameter_missing,
+        "in spec.trialTemplate not found in spec.trialParameters",
+    ),
+    "undeclared-placeholder": (
+        undeclared_placeholder,
+        "parameters: [${trialParameters.notDeclared}] in spec.trialTemplate not found",
+    ),
+    "name-of-41-characters": (
+        name_of_41_characters,
+        "may not be longer than 40 characters",
+    ),
+    "defaulting-would-change-it": (
+        defaulting_would_change_it,
+        "Katib's defaulting (SetDefault) changes the Experiment:\n"
+        '  add /spec/resumePolicy "Never"',
+    ),
+    "misspelt-field": (
+        misspelt_field,
+        "drops or rewrites fields:\n  remove /spec/maxTrialCounts",
+    ),
+}
+
+
+def test_the_reference_is_accepted(
+    katib_validate: Path, tmp_path: Path, reference: Experiment
+) -> None:
+    result = judge(katib_validate, tmp_path, reference)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_katib_refuses_broken_experiments_with_its_message(
+    katib_validate: Path, tmp_path: Path, reference: Experiment, case: str
+) -> None:
+    breaker, message = BROKEN[case]
+    broken = copy.deepcopy(reference)
+    breaker(broken)
+    result = judge(katib_validate, tmp_path, broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr
+
+
+def test_one_refusal_among_several_files_fails_the_run(
+    katib_validate: Path, tmp_path: Path, reference: Experiment
+) -> None:
+    broken = copy.deepcopy(reference)
+    name_of_41_characters(broken)
+    result = judge(katib_validate, tmp_path, reference, broken)
+    assert result.returncode == 1
+    assert "experiment-0.yaml: accepted unchanged" in result.stdout
+    assert "experiment-1.yaml" in result.stderr
