@@ -114,10 +114,10 @@ class Operator:
                 "Pending",
                 [
                     c.condition(
-                        c.NAMESPACE_ENABLED, False, c.NAMESPACE_NOT_LABELLED, message, generation
+                        c.NAMESPACE_ENABLED, False, c.NAMESPACE_NOT_ENABLED, message, generation
                     )
                 ],
-                Event("Warning", c.NAMESPACE_NOT_LABELLED, message),
+                Event("Warning", c.NAMESPACE_NOT_ENABLED, message),
             )
             raise kopf.TemporaryError(message, delay=delay)
         wanted = expand(tuning, default_image=self.default_image)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist_tuning.api.expand import budget_of
-from mnist_tuning.api.spec import Condition, MnistTuning, Phase
+from mnist_tuning.api.spec import Condition, MnistTuning, Phase, TrialCounts
 from mnist_tuning.api.summarize import TERMINAL, is_better, summarize
 from mnist_tuning.controller import conditions as c
 
@@ -119,18 +119,29 @@ def fault_status(
         "phase": phase,
         "observedGeneration": tuning.metadata.generation,
         "seed": seed,
-        "trials": {},
+        "trials": TrialCounts().model_dump(mode="json", by_alias=True),
         "progress": f"0/{tuning.spec.budget.max_trials}",
         "conditions": c.settle(old.get("conditions") or [], faults, at),
     }
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Return a merge patch turning `old` into `new` (None deletes a key); None if equal."""
+    """Return the JSON merge patch (RFC 7386) turning `old` into `new`; None if they are equal.
+
+    Keys that disappear become None at any depth, so a replaced Experiment's best
+    hyperparameters do not linger next to the new ones.
+    """
     if dict(old) == dict(new):
         return None
     patch: dict[str, Any] = {key: None for key in old if key not in new}
-    patch.update(new)
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = status_patch(before, value)
+            if nested is not None:
+                patch[key] = nested
+        elif value != before or key not in old:
+            patch[key] = value
     return patch
 
 
