@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from lupa import lua51
+from mnist_tuning.controller import conditions
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD_CM = ROOT / "deploy" / "argocd" / "argocd-cm.yaml"
@@ -212,24 +213,37 @@ def test_a_tuning_edited_after_it_succeeded_is_progressing_until_the_operator_ca
     assert lua.health(script, obj)["status"] == "Healthy"
 
 
-def test_a_refusal_is_degraded_whichever_false_condition_comes_first(lua: Lua) -> None:
+def test_a_refusal_is_degraded_whichever_fault_comes_first(lua: Lua) -> None:
     script = health_scripts()["tuning.mnist.dev/MnistTuning"]
     obj = tuning_fixture("refused")
-    refusal = obj["status"]["conditions"][-1]
-    obj["status"]["conditions"].insert(
-        0,
-        {
-            "type": "TrialsHealthy",
-            "status": "False",
-            "reason": "TrialsFailing",
-            "message": "1 trial failed",
-        },
-    )
-    health = lua.health(script, obj)
-    assert health == {
+    refusal = next(c for c in obj["status"]["conditions"] if c["status"] == "False")
+    missing = {"type": conditions.KATIB_AVAILABLE, "status": "False"}
+    obj["status"]["conditions"].insert(0, {**missing, "reason": conditions.KATIB_NOT_INSTALLED})
+    assert lua.health(script, obj) == {
         "status": "Degraded",
         "message": f"{refusal['reason']}: {refusal['message']}",
     }
+
+
+# Every fault the operator reports (conditions.py), and whether a person must act on it.
+OPERATOR_FAULTS = [
+    (conditions.KATIB_AVAILABLE, conditions.KATIB_NOT_INSTALLED, "Progressing"),
+    (conditions.NAMESPACE_ENABLED, conditions.NAMESPACE_NOT_ENABLED, "Degraded"),
+    (conditions.EXPERIMENT_ACCEPTED, conditions.EXPERIMENT_REFUSED, "Degraded"),
+    (conditions.EXPERIMENT_ACCEPTED, conditions.OPERATOR_FORBIDDEN, "Degraded"),
+    (conditions.SPEC_VALID, conditions.SPEC_INVALID, "Degraded"),
+]
+
+
+@pytest.mark.parametrize(("type_", "reason", "health"), OPERATOR_FAULTS)
+def test_the_check_reads_the_operators_own_condition_names(
+    lua: Lua, type_: str, reason: str, health: str
+) -> None:
+    script = health_scripts()["tuning.mnist.dev/MnistTuning"]
+    obj = tuning_fixture("pending")
+    fault = {"type": type_, "status": "False", "reason": reason, "message": "what to do"}
+    obj["status"]["conditions"] = [fault]
+    assert lua.health(script, obj) == {"status": health, "message": f"{reason}: what to do"}
 
 
 @pytest.mark.parametrize(
