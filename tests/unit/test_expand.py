@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mnist_tuning.api.expand import (
     LABEL_TUNING,
     METRICS_FILE_PATH,
@@ -13,6 +17,7 @@ from mnist_tuning.api.expand import (
     resolve_seed,
 )
 from mnist_tuning.api.spec import parse_tuning
+from strategies import valid_manifests
 
 
 def manifest(**spec: Any) -> dict[str, Any]:
@@ -58,3 +63,158 @@ def test_seed_is_stable_for_one_object_and_differs_between_objects() -> None:
     assert resolve_seed(first) != resolve_seed(other)
     assert parse_tuning(manifest(algorithm={"seed": 7})).spec.algorithm.seed == 7
     assert resolve_seed(parse_tuning(manifest(algorithm={"seed": 7}))) == 7
+
+
+# --- Katib's rules (reference/katib.md §2.3, §3.1) on every valid spec -------------------------
+
+NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+PLACEHOLDER = re.compile(r"\$\{trialParameters\.([^}]*)\}")
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_.,=/:+@-]+")
+
+
+def sample_values(parameter: dict[str, Any]) -> list[str]:
+    space = parameter["feasibleSpace"]
+    return space.get("list") or [space["min"], space["max"]]
+
+
+@settings(max_examples=300)
+@given(valid_manifests())
+def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[str, Any]) -> None:
+    tuning = parse_tuning(manifest)
+    experiment = expand(tuning)
+    meta, spec = experiment["metadata"], experiment["spec"]
+    # Name: starts with a letter, a DNS label, at most 40 characters; deterministic.
+    assert NAME.fullmatch(meta["name"])
+    assert len(meta["name"]) <= 40
+    assert meta["name"] == experiment_name(tuning)
+    assert meta["labels"][LABEL_TUNING] == manifest["metadata"]["name"]
+    assert ("ownerReferences" in meta) == ("uid" in manifest["metadata"])
+    # Counts.
+    assert spec["maxTrialCount"] > 0
+    assert spec["parallelTrialCount"] > 0
+    assert 0 <= spec["maxFailedTrialCount"] <= spec["maxTrialCount"]
+    assert spec["parallelTrialCount"] <= spec["maxTrialCount"]
+    assert spec["resumePolicy"] == "Never"
+    # Objective: every metric has a strategy, the objective is not an additional metric.
+    objective = spec["objective"]
+    assert objective["type"] in ("minimize", "maximize")
+    assert objective["objectiveMetricName"] not in objective["additionalMetricNames"]
+    strategies = {s["name"]: s["value"] for s in objective["metricStrategies"]}
+    assert set(strategies) == {
+        objective["objectiveMetricName"],
+        *objective["additionalMetricNames"],
+    }
+    assert set(strategies.values()) <= {"min", "max", "latest"}
+    # Algorithm: random with only random_state, a non-negative integer string.
+    assert spec["algorithm"]["algorithmName"] == "random"
+    [setting] = spec["algorithm"]["algorithmSettings"]
+    assert setting["name"] == "random_state"
+    assert setting["value"].isdigit()
+    # Parameters: valid types, string feasible spaces, sane ranges.
+    parameters = spec["parameters"]
+    for parameter in parameters:
+        space = parameter["feasibleSpace"]
+        assert all(isinstance(v, str) for k, v in space.items() if k != "list")
+        assert all(isinstance(v, str) for v in space.get("list", []))
+        assert space["distribution"] in ("uniform", "logUniform")
+        if parameter["parameterType"] in ("double", "int"):
+            assert "list" not in space
+            assert float(space["min"]) < float(space["max"])
+            if space["distribution"] == "logUniform":
+                assert float(space["min"]) > 0
+            assert "step" not in space or float(space["step"]) > 0
+        else:
+            assert parameter["parameterType"] in ("categorical", "discrete")
+            assert not {"min", "max", "step"} & set(space)
+            assert space["list"]
+            assert len(set(space["list"])) == len(space["list"])
+    # Parameters <-> trialParameters one to one; placeholders declared <-> used.
+    template = spec["trialTemplate"]
+    trial_parameters = template["trialParameters"]
+    names = [p["name"] for p in parameters]
+    assert len(set(names)) == len(names)
+    assert sorted(p["reference"] for p in trial_parameters) == sorted(names)
+    declared = [p["name"] for p in trial_parameters]
+    assert len(set(declared)) == len(declared)
+    assert not any("{" in n or "}" in n for n in declared)
+    used = PLACEHOLDER.findall(json.dumps(template["trialSpec"]))
+    assert sorted(used) == sorted(declared)
+    # The Job: no name/namespace, the primary container, the collector path in the env.
+    job = template["trialSpec"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    assert "name" not in job.get("metadata", {})
+    assert "namespace" not in job.get("metadata", {})
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["name"] == template["primaryContainerName"]
+    path = spec["metricsCollectorSpec"]["source"]["fileSystemPath"]
+    assert path["path"].startswith("/")
+    assert path["format"] == "JSON"
+    assert path["kind"] == "File"
+    assert {"name": "CLOUD_ML_HP_METRIC_FILE", "value": path["path"]} in container["env"]
+    assert "filter" not in spec["metricsCollectorSpec"]["source"]
+    # Arguments survive Katib's `sh -c` wrapper: no spaces or shell characters once rendered.
+    values = {p["name"]: sample_values(p) for p in parameters}
+    by_reference = {p["name"]: values[p["reference"]] for p in trial_parameters}
+    for argument in container["command"]:
+        for name, choices in by_reference.items():
+            for value in choices:
+                rendered = argument.replace(f"${{trialParameters.{name}}}", value)
+                if "${" not in rendered:
+                    assert SHELL_SAFE.fullmatch(rendered), rendered
+        if "${" not in argument:
+            assert SHELL_SAFE.fullmatch(argument), argument
+
+
+@settings(max_examples=100)
+@given(valid_manifests(), st.integers(1, 1000))
+def test_only_a_budget_change_keeps_the_experiment_name(manifest: dict[str, Any], n: int) -> None:
+    before = parse_tuning(manifest)
+    budget = {"maxTrials": n, "parallelTrials": min(n, 100), "maxFailedTrials": n}
+    after = parse_tuning({**manifest, "spec": {**manifest["spec"], "budget": budget}})
+    assert experiment_name(before) == experiment_name(after)
+    assert budget_of(expand(after)) == {
+        "maxTrialCount": n,
+        "parallelTrialCount": min(n, 100),
+        "maxFailedTrialCount": n,
+    }
+
+
+def test_long_and_digit_first_names_still_make_a_valid_experiment_name() -> None:
+    long_name = manifest()
+    long_name["metadata"] = {"name": "9" + "a" * 62}
+    dotted = manifest()
+    dotted["metadata"] = {"name": "lr.momentum.v2"}
+    for case in (long_name, dotted):
+        name = experiment_name(parse_tuning(case))
+        assert NAME.fullmatch(name), name
+        assert len(name) <= 40, name
+
+
+def test_fixed_values_and_trainer_defaults_fill_the_unsearched_flags() -> None:
+    tuning = parse_tuning(manifest(fixed={"batchSize": 128, "optimizer": "adam"}))
+    command = expand(tuning)["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"]
+    assert command[:3] == ["python", "-m", "mnist_trainer"]
+    assert "--learning-rate=${trialParameters.learningRate}" in command
+    assert "--batch-size=128" in command
+    assert "--optimizer=adam" in command
+    assert "--momentum=0.5" in command
+    assert "--epochs=1" in command
+    assert f"--metrics-file={METRICS_FILE_PATH}" in command
+
+
+def test_the_operator_default_image_applies_only_when_the_spec_names_none() -> None:
+    plain = parse_tuning(manifest())
+    named = parse_tuning(manifest(trial={"image": "registry.example/t:1"}))
+
+    def image(experiment: dict[str, Any]) -> str:
+        pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+        return str(pod["containers"][0]["image"])
+
+    assert image(expand(plain, default_image="mine:2")) == "mine:2"
+    assert image(expand(named, default_image="mine:2")) == "registry.example/t:1"
+    assert experiment_name(plain, default_image="mine:2") != experiment_name(plain)
