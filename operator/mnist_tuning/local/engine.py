@@ -36,11 +36,13 @@ from mnist_tuning.local import katib
 from mnist_tuning.local.command import trial_process
 from mnist_tuning.local.katib import TrialRecord, Verdict
 from mnist_tuning.local.search import (
+    Searched,
+    assignments,
     distributions,
     make_sampler,
-    params_in_order,
     replay,
     sampled_count,
+    search_space,
 )
 
 STUDY_FILE = "study.db"
@@ -131,7 +133,7 @@ def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
-def record_of(trial: FrozenTrial, names: list[str]) -> TrialRecord | None:
+def record_of(trial: FrozenTrial, space: list[Searched]) -> TrialRecord | None:
     """Read a finished trial back as a record; None for waiting and interrupted ones."""
     if STATE not in trial.user_attrs:
         return None
@@ -143,7 +145,7 @@ def record_of(trial: FrozenTrial, names: list[str]) -> TrialRecord | None:
         number=trial.number,
         name=trial.user_attrs.get(NAME, str(trial.number)),
         state=trial.user_attrs[STATE],
-        assignments=params_in_order(trial.params, names),
+        assignments=assignments(space, trial.params),
         metrics=metrics,
         message=trial.user_attrs.get(MESSAGE, ""),
         start=trial.datetime_start,
@@ -202,8 +204,8 @@ class Engine:
         self.parallel = int(spec["parallelTrialCount"])
         self.max_failed = int(spec["maxFailedTrialCount"])
         self.threads = threads_per_trial(cpus or available_cpus(), self.parallel)
-        self.space: dict[str, BaseDistribution] = distributions(experiment)
-        self.names = list(self.space)
+        self.searched = search_space(experiment)
+        self.space: dict[str, BaseDistribution] = distributions(self.searched)
         self.metric_names = [
             spec["objective"]["objectiveMetricName"],
             *spec["objective"].get("additionalMetricNames", []),
@@ -249,7 +251,7 @@ class Engine:
     def load(self, study: optuna.Study) -> None:
         """Read the counted trials and put the sampler where an unbroken run would have it."""
         trials = study.get_trials(deepcopy=False)
-        self.finished = [r for t in trials if (r := record_of(t, self.names)) is not None]
+        self.finished = [r for t in trials if (r := record_of(t, self.searched)) is not None]
         started = [t for t in trials if t.state != TrialState.WAITING]
         if started:
             replay(study.sampler, study, started[0], self.space, sampled_count(started, RETRY_OF))
@@ -265,10 +267,9 @@ class Engine:
         folder.mkdir(parents=True, exist_ok=True)
         metrics_file = folder / METRICS_FILE
         metrics_file.unlink(missing_ok=True)
-        assignments = params_in_order(trial.params, self.names)
         process = trial_process(
             self.experiment,
-            assignments,
+            assignments(self.searched, trial.params),
             python=self.python,
             data_dir=self.data_dir,
             metrics_file=metrics_file,
@@ -286,7 +287,11 @@ class Engine:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         record = TrialRecord(
-            number=trial.number, name=name, state="Running", assignments=assignments, start=now()
+            number=trial.number,
+            name=name,
+            state="Running",
+            assignments=assignments(self.searched, trial.params),
+            start=now(),
         )
         deadline = time.monotonic() + self.deadline_seconds if self.deadline_seconds else None
         self.running[trial.number] = _Running(trial, record, popen, output, metrics_file, deadline)

@@ -7,7 +7,9 @@ cluster and this machine search exactly the same space.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from optuna.distributions import (
@@ -25,36 +27,72 @@ class UnsupportedSearchError(ValueError):
     """The Experiment asks for something the local engine cannot do; the message says what."""
 
 
-def distribution(parameter: Mapping[str, Any]) -> BaseDistribution:
+@dataclass(frozen=True)
+class Searched:
+    """One Katib parameter: the Optuna distribution to sample and how to hand the value over.
+
+    Optuna cannot step a log scale; Katib can (`qloguniform`). Such a parameter is sampled
+    on the log scale and rounded to its step when it becomes the trial's argument, like
+    Katib's suggestion service does, but kept inside [min, max].
+    """
+
+    name: str
+    distribution: BaseDistribution
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+
+    def assignment(self, value: Any) -> str:
+        """Render a sampled value as Katib's suggestion would: `str()` of the (stepped) value."""
+        if self.step is None:
+            return str(value)
+        stepped = round(float(value) / self.step) * self.step
+        if stepped < self.low:
+            stepped = math.ceil(self.low / self.step) * self.step
+        if stepped > self.high:
+            stepped = math.floor(self.high / self.step) * self.step
+        stepped = min(max(stepped, self.low), self.high)
+        if isinstance(self.distribution, IntDistribution):
+            return str(int(stepped))
+        return str(float(f"{stepped:.12g}"))
+
+
+def searched(parameter: Mapping[str, Any]) -> Searched:
     """Map one Katib `ParameterSpec` to the Optuna distribution that samples the same space."""
+    name = parameter["name"]
     kind = parameter["parameterType"]
     space = parameter["feasibleSpace"]
     log = space.get("distribution") == "logUniform"
     if kind in ("categorical", "discrete"):
         # Katib hands list values to the trial verbatim, as the strings in the spec.
-        return CategoricalDistribution([str(value) for value in space["list"]])
+        return Searched(name, CategoricalDistribution([str(value) for value in space["list"]]))
+    if kind not in ("int", "double"):
+        raise UnsupportedSearchError(f"parameter {name}: type {kind} is not supported locally")
+    low, high = float(space["min"]), float(space["max"])
+    step = float(space["step"]) if space.get("step") else None
     if kind == "int":
-        step = int(space.get("step") or 1)
-        return IntDistribution(int(space["min"]), int(space["max"]), log=log, step=step)
-    if kind == "double":
-        float_step = float(space["step"]) if space.get("step") else None
-        if log and float_step is not None:
-            raise UnsupportedSearchError(
-                f"parameter {parameter['name']}: a log scale with a step cannot be sampled "
-                "locally; drop the step or use scale linear"
-            )
-        return FloatDistribution(float(space["min"]), float(space["max"]), log=log, step=float_step)
-    raise UnsupportedSearchError(f"parameter {parameter['name']}: type {kind} is not supported")
+        int_step = int(step or 1)
+        if log and int_step > 1:
+            return Searched(name, IntDistribution(int(low), int(high), log=True), low, high, step)
+        return Searched(name, IntDistribution(int(low), int(high), log=log, step=int_step))
+    if log and step is not None:
+        return Searched(name, FloatDistribution(low, high, log=True), low, high, step)
+    return Searched(name, FloatDistribution(low, high, log=log, step=step))
 
 
-def distributions(experiment: Mapping[str, Any]) -> dict[str, BaseDistribution]:
-    """All searched parameters of an Experiment, by Katib parameter name, in spec order."""
-    return {p["name"]: distribution(p) for p in experiment["spec"]["parameters"]}
+def search_space(experiment: Mapping[str, Any]) -> list[Searched]:
+    """All searched parameters of an Experiment, in spec order."""
+    return [searched(p) for p in experiment["spec"]["parameters"]]
 
 
-def katib_value(value: Any) -> str:
-    """Render a sampled value the way Katib's suggestion service does: `str()` of the value."""
-    return str(value)
+def distributions(space: Sequence[Searched]) -> dict[str, BaseDistribution]:
+    """Give the Optuna view of a search space, by Katib parameter name."""
+    return {s.name: s.distribution for s in space}
+
+
+def assignments(space: Sequence[Searched], params: Mapping[str, Any]) -> dict[str, str]:
+    """Katib parameter assignments (name → string) for a trial's sampled values."""
+    return {s.name: s.assignment(params[s.name]) for s in space}
 
 
 def make_sampler(experiment: Mapping[str, Any], seed: int) -> RandomSampler:
@@ -86,8 +124,3 @@ def replay(
 def sampled_count(trials: Iterable[FrozenTrial], retry_key: str) -> int:
     """How many trials took their parameters from the sampler (re-runs reuse earlier ones)."""
     return sum(1 for t in trials if retry_key not in t.user_attrs and t.params)
-
-
-def params_in_order(params: Mapping[str, Any], names: Sequence[str]) -> dict[str, str]:
-    """Katib parameter assignments (name → string) in the Experiment's parameter order."""
-    return {name: katib_value(params[name]) for name in names}
