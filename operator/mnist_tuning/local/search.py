@@ -54,7 +54,8 @@ class Searched:
         stepped = min(max(stepped, self.low), self.high)
         if isinstance(self.distribution, IntDistribution):
             return str(int(stepped))
-        return str(float(f"{stepped:.12g}"))
+        tidy = float(f"{stepped:.12g}")  # drop the float noise of k * step
+        return str(tidy if self.low <= tidy <= self.high else stepped)
 
 
 def searched(parameter: Mapping[str, Any]) -> Searched:
