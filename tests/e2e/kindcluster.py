@@ -80,13 +80,13 @@ def resolve_kind(explicit: str | None, environ: Mapping[str, str]) -> Path:
         if not os.access(path, os.X_OK):
             raise ClusterUnavailableError(f"--kind-bin {path} is not an executable file")
         return path
-    go = shutil.which("go", path=environ.get("PATH"))
-    if go is None:
-        raise ClusterUnavailableError(
-            f"Go is needed to build kind {KIND_VERSION} (or pass --kind-bin)"
-        )
     slot = cache_dir(environ) / "bin" / f"kind-{KIND_VERSION}"
     if not (slot / "kind").exists():
+        go = shutil.which("go", path=environ.get("PATH"))
+        if go is None:
+            raise ClusterUnavailableError(
+                f"Go is needed to build kind {KIND_VERSION} (or pass --kind-bin)"
+            )
         slot.mkdir(parents=True, exist_ok=True)
         build_env = {**environ, "GOBIN": str(slot), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
         subprocess.run(kind_install_command(go), env=build_env, check=True)
