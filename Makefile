@@ -58,6 +58,10 @@ unit: $(STAMP) ## the fast tier: pure functions only
 test: lint data binaries ## lint, then every test tier that can run here (e2e skips without Docker)
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
+.PHONY: end-to-end
+end-to-end: $(STAMP) ## the kind e2e tier (needs Docker and Go; .github/workflows/e2e.yaml runs it)
+	$(BIN)/pytest tests/e2e -ra $(PYTEST_ARGS)
+
 .PHONY: demo
 demo: data ## tune on this machine: the local tuning of deploy/samples/quick.yaml
 	$(BIN)/mnist-tuning run -f deploy/samples/quick.yaml --data-dir $(DATA_DIR)
