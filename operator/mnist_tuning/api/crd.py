@@ -146,6 +146,9 @@ def to_openapi(node: JsonSchema, defs: dict[str, JsonSchema], *, defaults: bool)
         out.update(minimum=node["exclusiveMinimum"], exclusiveMinimum=True)
     if "exclusiveMaximum" in node:
         out.update(maximum=node["exclusiveMaximum"], exclusiveMaximum=True)
+    if out.get("type") == "string" and "enum" in out and "maxLength" not in out:
+        # Bounds the CEL cost estimate of rules that compare the string.
+        out["maxLength"] = max(len(str(value)) for value in out["enum"])
     if defaults and node.get("default") is not None:
         out["default"] = node["default"]
     if "properties" in node:
