@@ -1,0 +1,53 @@
+"""Helpers for the local-engine tests: manifests, the CLI command, the written status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def tuning(name: str, **spec: Any) -> dict[str, Any]:
+    """A MnistTuning manifest with a fast default trial (one epoch, big batches)."""
+    return {
+        "apiVersion": "tuning.mnist.dev/v1alpha1",
+        "kind": "MnistTuning",
+        "metadata": {"name": name},
+        "spec": {
+            "algorithm": {"seed": 11},
+            "search": {
+                "learningRate": {"min": 0.01, "max": 0.1, "scale": "log"},
+                "momentum": {"min": 0.5, "max": 0.9},
+            },
+            "fixed": {"epochs": 1, "batchSize": 128},
+            **spec,
+        },
+    }
+
+
+def cli_command(manifest: dict[str, Any], workdir: Path, data_dir: Path) -> list[str]:
+    spec_file = workdir.parent / f"{workdir.name}.yaml"
+    spec_file.write_text(yaml.safe_dump(manifest))
+    return [
+        sys.executable,
+        "-m",
+        "mnist_tuning.cli",
+        "run",
+        "-f",
+        str(spec_file),
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+def load_status(workdir: Path) -> dict[str, Any]:
+    status: dict[str, Any] = yaml.safe_load((workdir / "status.yaml").read_text())
+    return status

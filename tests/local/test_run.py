@@ -1,0 +1,124 @@
+"""`mnist-tuning run` end to end: the real trainer on real digits, as local processes."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+from mnist_tuning.api.metrics import read_metrics_file
+from mnist_tuning.api.spec import MnistTuningStatus
+from runs import RunCli, cli_command, load_status, tuning
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_trials_find_a_best_trial_whose_metrics_are_its_own_file(
+    tmp_path: Path, small_mnist: Path, run_cli: RunCli
+) -> None:
+    workdir = tmp_path / "two"
+    manifest = tuning("two", budget={"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 1})
+    result = run_cli(manifest, workdir, small_mnist)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    status = MnistTuningStatus.model_validate(load_status(workdir))
+    assert status.phase == "Succeeded"
+    assert (status.trials.succeeded, status.trials.failed) == (2, 0)
+    assert status.progress == "2/2"
+    assert status.conditions[-1].reason == "ExperimentMaxTrialsReached"
+    best = status.best
+    assert best is not None
+    assert 0.01 <= float(best.hyperparameters["learningRate"]) <= 0.1
+    assert 0.5 <= float(best.hyperparameters["momentum"]) <= 0.9
+    reported = read_metrics_file(workdir / "trials" / best.trial / "metrics.json")
+    assert best.metrics == {"accuracy": reported["accuracy"].max, "loss": reported["loss"].min}
+    assert 0.5 < best.metrics["accuracy"] <= 1.0  # it learned something from 4,000 digits
+    for png in ("parallel-coordinates.png", "objective-per-trial.png"):
+        assert (workdir / png).read_bytes().startswith(PNG_MAGIC)
+    assert best.trial in result.stdout
+
+
+def test_a_killed_run_resumes_and_counts_every_trial_once(
+    tmp_path: Path, small_mnist: Path, run_cli: RunCli
+) -> None:
+    workdir = tmp_path / "resume"
+    manifest = tuning("resume", budget={"maxTrials": 2, "parallelTrials": 1, "maxFailedTrials": 1})
+    first = subprocess.Popen(
+        cli_command(manifest, workdir, small_mnist),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            status_file = workdir / "status.yaml"
+            if status_file.exists() and load_status(workdir)["trials"]["succeeded"] == 1:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the run ended before it could be killed"
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.wait()
+
+    result = run_cli(manifest, workdir, small_mnist)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = MnistTuningStatus.model_validate(load_status(workdir))
+    assert (status.trials.succeeded, status.trials.failed, status.trials.killed) == (2, 0, 0)
+    assert status.progress == "2/2"
+
+    study = optuna.load_study(study_name=status.experiment, storage=f"sqlite:///{workdir}/study.db")
+    counted = [t for t in study.trials if "katib_state" in t.user_attrs]
+    interrupted = [t for t in study.trials if "katib_state" not in t.user_attrs]
+    assert counted[0].number == 0  # the finished trial was kept, not re-run
+    assert len(counted) == 2
+    assert len(interrupted) == 1
+    rerun = counted[1]
+    assert rerun.user_attrs["retry_of"] == interrupted[0].number
+    assert rerun.params == interrupted[0].params
+
+
+def test_diverging_trials_spend_the_failure_budget_and_fail_the_run(
+    tmp_path: Path, small_mnist: Path, run_cli: RunCli
+) -> None:
+    workdir = tmp_path / "diverge"
+    manifest = tuning(
+        "diverge",
+        budget={"maxTrials": 4, "parallelTrials": 1, "maxFailedTrials": 2},
+        search={"learningRate": {"min": 8.0, "max": 10.0}},
+        fixed={"epochs": 1, "batchSize": 128, "momentum": 0.99, "optimizer": "sgd"},
+    )
+    result = run_cli(manifest, workdir, small_mnist)
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = MnistTuningStatus.model_validate(load_status(workdir))
+    assert status.phase == "Failed"
+    assert status.trials.failed == 2
+    assert status.trials.done == 2  # stopped when the budget was spent, not after 4
+    assert status.best is None
+    assert status.conditions[-1].reason == "ExperimentFailed"
+    assert "exited with code 3" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_reaching_the_goal_stops_the_run_early(
+    tmp_path: Path, small_mnist: Path, run_cli: RunCli
+) -> None:
+    workdir = tmp_path / "goal"
+    manifest = tuning(
+        "goal",
+        objective={"metric": "loss", "goal": 5.0},  # any trial that learns at all reaches it
+        budget={"maxTrials": 5, "parallelTrials": 1, "maxFailedTrials": 1},
+    )
+    result = run_cli(manifest, workdir, small_mnist)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = MnistTuningStatus.model_validate(load_status(workdir))
+    assert status.phase == "Succeeded"
+    assert status.conditions[-1].reason == "ExperimentGoalReached"
+    assert status.trials.done == 1
+    assert status.progress == "1/5"
+    assert status.best is not None
+    assert math.isfinite(status.best.metrics["loss"])
+    assert status.best.metrics["loss"] <= 5.0
