@@ -324,9 +324,7 @@ class Engine:
             state, message = "Killed", killed
         elif code != 0 or unreadable:
             state = "Failed"
-            message = unreadable or f"trainer exited with code {code}" + (
-                f": {lines[-1]}" if lines else ""
-            )
+            message = unreadable or f"trainer exited with code {code}"
         elif value is None:
             state = "MetricsUnavailable"
             message = f"the trainer reported no {self.metric_names[0]}"

@@ -133,7 +133,7 @@ def plot_parallel(
         ax=ax,
         label=_better(metric, maximize),
     )
-    title = f"{experiment['metadata']['name']}: {len(values)} trials scored"
+    title = f"{experiment['metadata']['name']}: {len(values)} of {len(records)} trials scored"
     if best is not None:
         title += f", best trial {best.number} in red"
     ax.set_title(title)
