@@ -20,8 +20,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api import spec as spec_module
-from mnist_tuning.api.crd import crd, to_yaml
+from mnist_tuning.api.crd import crd
 from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.yamlio import to_yaml
 from strategies import BREAKAGES, Invalid, invalid_manifests, valid_manifests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

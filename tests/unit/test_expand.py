@@ -72,6 +72,15 @@ PLACEHOLDER = re.compile(r"\$\{trialParameters\.([^}]*)\}")
 SHELL_SAFE = re.compile(r"[A-Za-z0-9_.,=/:+@-]+")
 
 
+def empty_maps(value: Any, path: str = "") -> list[str]:
+    if isinstance(value, dict):
+        found = [path] if not value else []
+        return found + [p for k, v in value.items() for p in empty_maps(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in empty_maps(v, f"{path}[{i}]")]
+    return []
+
+
 def sample_values(parameter: dict[str, Any]) -> list[str]:
     space = parameter["feasibleSpace"]
     return space.get("list") or [space["min"], space["max"]]
@@ -141,6 +150,7 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
     assert sorted(used) == sorted(declared)
     # The Job: no name/namespace, the primary container, the collector path in the env.
     job = template["trialSpec"]
+    assert not empty_maps(job), "Katib's strict Job conversion refuses empty maps"
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert "name" not in job.get("metadata", {})
     assert "namespace" not in job.get("metadata", {})

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mnist_tuning.api.crd import to_yaml
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.yamlio import to_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO_ROOT / "deploy" / "samples").glob("*.yaml"))

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from mnist_tuning.api.crd import crd as crd_manifest
-from mnist_tuning.api.crd import to_yaml
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import MnistTuning, SpecError, parse_tuning
+from mnist_tuning.api.yamlio import to_yaml
 
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2

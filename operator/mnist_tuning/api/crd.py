@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from mnist_tuning.api.spec import (
     CATEGORY,
     GROUP,
@@ -210,18 +208,6 @@ def openapi_schema() -> JsonSchema:
             }
         ],
     }
-
-
-class _Dumper(yaml.SafeDumper):
-    """Write every node in full: a CRD is read by people, anchors and aliases hinder that."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def to_yaml(manifest: Any) -> str:
-    """Dump a manifest as block YAML in its own key order, without anchors."""
-    return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
 
 
 def crd() -> dict[str, Any]:

@@ -107,7 +107,8 @@ def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
         "env": [{"name": METRICS_FILE_ENV, "value": METRICS_FILE_PATH}],
     }
     if trial.resources is not None:
-        resources = trial.resources.model_dump(exclude_none=True)
+        # Katib's strict Job conversion refuses empty maps; an empty one means "none" anyway.
+        resources = {k: v for k, v in trial.resources.model_dump().items() if v}
         if resources:
             container["resources"] = resources
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
@@ -162,7 +163,6 @@ def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
         },
         "parameters": [_parameter(name, spec.search.space(name)) for name in names],
         "trialTemplate": {
-            "retain": False,
             "primaryContainerName": PRIMARY_CONTAINER,
             "successCondition": JOB_SUCCESS,
             "failureCondition": JOB_FAILURE,
