@@ -53,6 +53,9 @@ from mnist_tuning.controller.settings import OperatorSettings
 registry = kopf.OperatorRegistry()
 
 ANNOTATION_RESYNC = f"{GROUP}/experiment-lost"
+# kopf's own bookkeeping lives under a separate prefix: kopf ignores changes to annotations
+# under its prefix, and ANNOTATION_RESYNC must count as a change.
+KOPF_PREFIX = f"operator.{GROUP}"
 LOCK_STRIPES = 64
 
 
@@ -307,13 +310,19 @@ def _owner_uid(experiment: Mapping[str, Any]) -> str | None:
     return None if owner is None else owner.get("uid")
 
 
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in the way `Kube` does: in-cluster ServiceAccount, else $KUBECONFIG."""
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup(registry=registry)
 def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Keep kopf's bookkeeping in annotations on our own objects and build the shared state."""
     config: OperatorSettings = memo["config"]
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.execution.max_workers = config.workers
     settings.posting.loggers = False
