@@ -106,6 +106,16 @@ def test_rule_violations_name_the_field_and_the_fix(
     assert [(p.path, words in p.message) for p in caught.value.problems] == [(path, True)]
 
 
+def test_a_name_kubernetes_would_refuse_is_refused_here_too() -> None:
+    manifest = minimal()
+    manifest["metadata"] = {"name": "My_Tuning"}
+    with pytest.raises(SpecError) as caught:
+        parse_tuning(manifest)
+    [problem] = caught.value.problems
+    assert problem.path == "metadata.name"
+    assert "lower-case" in problem.message
+
+
 def test_a_non_mapping_manifest_is_one_readable_problem() -> None:
     with pytest.raises(SpecError) as caught:
         parse_tuning(["not", "a", "mapping"])  # type: ignore[arg-type]

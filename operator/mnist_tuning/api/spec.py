@@ -88,7 +88,7 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 IMAGE_PATTERN = r"^[^\s]+$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class Problem(NamedTuple):
@@ -536,7 +536,7 @@ class ObjectMeta(_Model):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(min_length=1, max_length=MAX_TUNING_NAME)
+    name: str = Field(min_length=1, max_length=MAX_TUNING_NAME, pattern=DNS_SUBDOMAIN_PATTERN)
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
@@ -578,6 +578,8 @@ def _message(error: Mapping[str, Any]) -> str:
         return REQUIRED_HINTS.get(tuple(error["loc"]), "required; add it")
     if error["type"] == "string_pattern_mismatch":
         pattern = error.get("ctx", {}).get("pattern")
+        if pattern == DNS_SUBDOMAIN_PATTERN:
+            return "a Kubernetes name: lower-case letters, digits, '-' and '.', e.g. lr-momentum"
         if pattern == IMAGE_PATTERN:
             return (
                 "an image reference has no spaces; write e.g. registry.example/mnist-trainer:0.1.0"
