@@ -52,6 +52,12 @@ def argo_cd_module_dir(work_dir: Path) -> Path:
     return Path(json.loads(result.stdout)["Dir"])
 
 
+def established(control_plane: ControlPlane, crd: str) -> bool:
+    got = json.loads(control_plane.run_kubectl("get", "crd", crd, "-o", "json").stdout)
+    conditions = got.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
 @pytest.fixture(scope="module")
 def argocd(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> ControlPlane:
     """The control plane with Argo CD's Application CRD established and an `argocd` namespace."""
@@ -60,14 +66,8 @@ def argocd(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
         / "manifests/crds/application-crd.yaml"
     )
     control_plane.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    established = '{.status.conditions[?(@.type=="Established")].status}'
     deadline = time.monotonic() + 60
-    while (
-        control_plane.run_kubectl(
-            "get", "crd", "applications.argoproj.io", "-o", f"jsonpath={established}"
-        ).stdout
-        != "True"
-    ):
+    while not established(control_plane, "applications.argoproj.io"):
         assert time.monotonic() < deadline, "Argo CD's Application CRD was not established"
         time.sleep(0.2)
     control_plane.apply(
