@@ -23,6 +23,9 @@ from mnist_tuning.api.spec import (
     MnistTuningStatus,
 )
 
+# Also importable from here: the CRD and the rendered Experiments share one YAML writer.
+from mnist_tuning.api.yamlio import to_yaml as to_yaml
+
 JsonSchema = dict[str, Any]
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
