@@ -7,11 +7,17 @@ these tests prove what ships. Each kind has fixtures in Argo CD's own layout
 Argo CD evaluates health scripts with gopher-lua (Lua 5.1) and loads only the base, table and a
 reduced os library; the string, math, io, debug and coroutine libraries are absent. The sandbox
 below reproduces that on lupa's Lua 5.1 runtime (`lupa.lua51`), including the missing string
-methods, so a script that would fail inside Argo CD fails here too.
+methods, so a script that would fail inside Argo CD fails here too. Every fixture also runs
+through gopher-lua itself (tests/harness/argocd-health, built from the Go module proxy at the
+version Argo CD v3.5 embeds): the two interpreters print numbers differently past 14 significant
+digits (Lua's %.14g against Go's shortest form), so fixtures that put numbers into messages keep
+them short, and both must agree on every fixture.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +113,44 @@ def lua() -> Lua:
     return Lua()
 
 
+class GopherLua:
+    """Argo CD's own interpreter, gopher-lua, with Argo CD's library set (a small Go program)."""
+
+    def __init__(self, binary: Path, work_dir: Path) -> None:
+        self.binary = binary
+        self.work_dir = work_dir
+
+    def health(self, script: str, obj: Mapping[str, Any]) -> dict[str, str]:
+        script_file = self.work_dir / "health.lua"
+        object_file = self.work_dir / "object.json"
+        script_file.write_text(script)
+        object_file.write_text(json.dumps(obj))
+        result = subprocess.run(
+            [str(self.binary), str(script_file), str(object_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+        return dict(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def gopher_lua(tmp_path_factory: pytest.TempPathFactory) -> GopherLua:
+    build = subprocess.run(
+        [str(ROOT / "tests" / "harness" / "argocd-health.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"building the gopher-lua runner failed: {build.stderr}", pytrace=False)
+    return GopherLua(Path(build.stdout.strip()), tmp_path_factory.mktemp("gopher-lua"))
+
+
 @dataclass(frozen=True)
 class Case:
     group_kind: str
@@ -154,6 +198,18 @@ def test_health_of_each_fixture(lua: Lua, case: Case) -> None:
     health = lua.health(health_scripts()[case.group_kind], obj)
     assert health["status"] in VALID_STATUSES
     assert (health["status"], health.get("message") or "") == (case.status, case.message)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_argo_cds_interpreter_agrees_on_each_fixture(gopher_lua: GopherLua, case: Case) -> None:
+    obj = yaml.safe_load(case.input_path.read_text())
+    health = gopher_lua.health(health_scripts()[case.group_kind], obj)
+    assert (health["status"], health.get("message", "")) == (case.status, case.message)
+
+
+def test_argo_cds_interpreter_lacks_the_string_library_too(gopher_lua: GopherLua) -> None:
+    with pytest.raises(RuntimeError, match="format"):
+        gopher_lua.health('return {status = string.format("%s", "Healthy")}', {})
 
 
 def test_every_shipped_check_has_fixtures_and_every_fixture_a_check() -> None:
