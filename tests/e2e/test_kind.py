@@ -62,8 +62,12 @@ def cluster(kind_cluster: KindCluster) -> KindCluster:
         "wait", "deployment", "--all", "-n", KATIB_NAMESPACE,
         "--for=condition=Available", "--timeout=900s",
     )  # fmt: skip
-    kind_cluster.kubectl("create", "namespace", NAMESPACE)
-    kind_cluster.kubectl("label", "namespace", NAMESPACE, f"{KATIB_INJECTION_LABEL}=enabled")
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": {KATIB_INJECTION_LABEL: "enabled"}},
+    }
+    kind_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
 
     default = str(REPO_ROOT / "deploy" / "default")
     operator_image = operator_image_of(kind_cluster.kubectl("kustomize", default))
