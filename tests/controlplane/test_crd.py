@@ -19,8 +19,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
 
+import katib_standin
 import launcher
 from launcher import ControlPlane
+from mnist_tuning.api.expand import expand
+from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.summarize import summarize
 
 CRD_PATH = launcher.REPO_ROOT / "crds" / "mnisttuning.yaml"
 SAMPLES = sorted((launcher.REPO_ROOT / "deploy" / "samples").glob("*.yaml"))
@@ -84,10 +88,31 @@ def test_crd_is_established_with_our_names(control_plane: ControlPlane) -> None:
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[path.stem for path in SAMPLES])
 def test_every_sample_applies(control_plane: ControlPlane, namespace: str, sample: Path) -> None:
-    result = control_plane.run_kubectl("apply", "-n", namespace, "-f", str(sample))
+    tuning = in_namespace(yaml.safe_load(sample.read_text()), namespace)
+    result = control_plane.apply(yaml.safe_dump(tuning))
     assert "created" in result.stdout
-    name = yaml.safe_load(sample.read_text())["metadata"]["name"]
-    control_plane.run_kubectl("get", "mnisttuning", name, "-n", namespace)
+    stored = json.loads(
+        control_plane.run_kubectl(
+            "get", "mnisttuning", tuning["metadata"]["name"], "-n", namespace, "-o", "json"
+        ).stdout
+    )
+    # Everything the sample says is stored as written (the schema may add defaults).
+    assert contains(stored["spec"], tuning["spec"])
+
+
+def in_namespace(tuning: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The manifest with its namespace replaced by the test's."""
+    moved = copy.deepcopy(tuning)
+    moved["metadata"]["namespace"] = namespace
+    return moved
+
+
+def contains(stored: Any, written: Any) -> bool:
+    if isinstance(written, dict):
+        return isinstance(stored, dict) and all(
+            key in stored and contains(stored[key], value) for key, value in written.items()
+        )
+    return bool(stored == written)
 
 
 def _set(tuning: dict[str, Any], path: str, value: Any) -> None:
@@ -136,11 +161,11 @@ def test_invalid_specs_are_refused_at_apply_naming_the_field(
     control_plane: ControlPlane, namespace: str, case: str
 ) -> None:
     path, value, field, is_cel = INVALID[case]
-    tuning = copy.deepcopy(sample_tuning("seed-random"))
+    tuning = in_namespace(sample_tuning("seed-random"), namespace)
     tuning["metadata"]["name"] = case
     tuning["spec"].setdefault("search", {}).setdefault("learningRate", {"min": 0.01, "max": 0.05})
     _set(tuning, path, value)
-    result = control_plane.apply(yaml.safe_dump(tuning), namespace, check=False)
+    result = control_plane.apply(yaml.safe_dump(tuning), check=False)
     assert result.returncode != 0, f"{case} was accepted:\n{yaml.safe_dump(tuning)}"
     assert field in result.stderr
     if is_cel:
@@ -150,52 +175,50 @@ def test_invalid_specs_are_refused_at_apply_naming_the_field(
     assert "NotFound" in absent.stderr
 
 
-def _status_for_columns(columns: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """A status that gives every .status column a distinct, recognisable value."""
-    status: dict[str, Any] = {}
-    expected: list[str] = []
-    for index, column in enumerate(columns):
-        path = column["jsonPath"]
-        if not path.startswith(".status."):
-            continue
-        kind = column["type"]
-        value: Any = {
-            "string": "Running" if path == ".status.phase" else f"value{index}",
-            "number": 0.5 + index / 1000,
-            "integer": 100 + index,
-        }.get(kind)
-        if value is None:
-            continue
-        node = status
-        keys = path.removeprefix(".status.").split(".")
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-        expected.append(str(value))
-    return status, expected
-
-
 def test_get_prints_our_columns(control_plane: ControlPlane, namespace: str) -> None:
     columns = served_version(load_crd())["additionalPrinterColumns"]
-    shown = [c for c in columns if c.get("priority", 0) == 0]
-    headers = {c["name"].upper() for c in shown}
-    assert headers >= {"PHASE", "PROGRESS", "AGE"}
-    tuning = sample_tuning("seed-random")
-    name = tuning["metadata"]["name"]
-    control_plane.apply(yaml.safe_dump(tuning), namespace)
-    status, expected = _status_for_columns(shown)
-    assert "Running" in expected, "the PHASE column reads .status.phase"
+    shown = [c["name"].upper() for c in columns if c.get("priority", 0) == 0]
+    assert {"PHASE", "BEST", "LEARNING-RATE", "PROGRESS", "AGE"} <= set(shown)
+    manifest = in_namespace(sample_tuning("seed-random"), namespace)
+    name = manifest["metadata"]["name"]
+    control_plane.apply(yaml.safe_dump(manifest))
+
+    # The status the operator would write once Katib reports a finished run.
+    tuning = parse_tuning(manifest)
+    experiment = expand(tuning)
+    trials = [f"{experiment['metadata']['name']}-{suffix}" for suffix in ("a1", "b2", "c3")]
+    katib_status = katib_standin.completed(
+        katib_standin.with_optimal_trial(
+            katib_standin.with_trials(
+                katib_standin.running(
+                    katib_standin.created("2026-01-01T00:00:00Z"), "2026-01-01T00:00:01Z"
+                ),
+                succeeded=trials[:2],
+                failed=trials[2:],
+            ),
+            trials[1],
+            {"learningRate": "0.0312", "momentum": "0.83"},
+            {"accuracy": ("0.91", "0.9712", "0.9712"), "loss": ("0.081", "0.31", "0.081")},
+        ),
+        "max-trials",
+        "2026-01-01T00:10:00Z",
+    )
+    status = summarize({**experiment, "status": katib_status}, tuning).to_manifest()
     control_plane.run_kubectl(
         "patch", "mnt", name, "-n", namespace, "--subresource=status", "--type=merge",
         "-p", json.dumps({"status": status}),
     )  # fmt: skip
+
     for resource in ("mnisttunings", "mnt", "tuning"):
         printed = control_plane.run_kubectl("get", resource, "-n", namespace).stdout.splitlines()
-        header = printed[0].split()
-        assert header == ["NAME", *[c["name"].upper() for c in shown]], resource
-        row = next(line for line in printed[1:] if line.split()[0] == name)
-        for value in expected:
-            assert value in row.split(), f"{value} missing from `kubectl get {resource}`: {row}"
+        assert printed[0].split() == ["NAME", *shown], resource
+        row = dict(zip(shown, printed[1].split()[1:], strict=False))
+        assert printed[1].split()[0] == name
+        assert row["PHASE"] == "Succeeded"
+        # Best of the objective: max accuracy when maximizing, min loss when minimizing.
+        assert row["BEST"] == {"accuracy": "0.9712", "loss": "0.081"}[tuning.spec.objective.metric]
+        assert row["LEARNING-RATE"] == "0.0312"
+        assert row["PROGRESS"] == "3/12"
 
 
 def _words(text: str) -> str:

@@ -1,11 +1,12 @@
 // Command katib-validate judges Katib Experiment manifests with Katib's own Go code.
 //
 // For each YAML file (one or more Experiment documents) it
-//  1. decodes the document into Katib's Experiment type, as Katib's admission webhooks do, and
-//     refuses it when the round trip drops or rewrites a field (an unknown or misspelt key);
-//  2. applies Katib's defaulting (Experiment.SetDefault, what the mutating webhook runs) and
-//     refuses the document when that changed anything, printing the JSON patch: the manifests
-//     we generate must be fully explicit, so what we render is what runs;
+//  1. decodes the document into Katib's Experiment type, as Katib's admission webhooks do,
+//     refusing unknown fields (which the webhook would drop silently);
+//  2. applies Katib's defaulting (Experiment.SetDefault) and computes the JSON patch Katib's
+//     mutating webhook would answer (submitted object versus defaulted object re-encoded
+//     through Katib's types); any operation refuses the document and is printed: the manifests
+//     we generate must be fully explicit, so what we render is exactly what Katib stores;
 //  3. runs Katib's experiment validator (what the validating webhook runs) and refuses the
 //     document with Katib's own messages.
 //
@@ -153,32 +154,29 @@ func checkFile(v validator.Validator, path string) error {
 // checkDocument decodes, defaults and validates one Experiment as Katib's webhooks would.
 func checkDocument(v validator.Validator, raw []byte) error {
 	experiment := &experimentsv1beta1.Experiment{}
-	if err := json.Unmarshal(raw, experiment); err != nil {
-		return fmt.Errorf("%w: Katib cannot decode the Experiment: %v", errRefused, err)
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(experiment); err != nil {
+		// Katib's webhook would drop an unknown field silently; we refuse it instead.
+		return fmt.Errorf("%w: Katib's Experiment type cannot hold it: %v", errRefused, err)
 	}
 	if experiment.APIVersion != experimentsv1beta1.SchemeGroupVersion.String() || experiment.Kind != "Experiment" {
 		return fmt.Errorf("%w: apiVersion/kind is %q/%q, want %q/Experiment",
 			errRefused, experiment.APIVersion, experiment.Kind, experimentsv1beta1.SchemeGroupVersion)
 	}
-	decoded, err := json.Marshal(experiment)
-	if err != nil {
-		return err
-	}
-	if lost, err := changes(raw, decoded, false); err != nil {
-		return err
-	} else if lost != "" {
-		return fmt.Errorf("%w: Katib's Experiment type drops or rewrites fields:\n%s", errRefused, lost)
-	}
 
+	// What Katib's mutating webhook answers: a JSON patch from the submitted object to the
+	// defaulted one re-encoded through Katib's Go types.
 	experiment.SetDefault()
 	defaulted, err := json.Marshal(experiment)
 	if err != nil {
 		return err
 	}
-	if diff, err := changes(decoded, defaulted, true); err != nil {
+	if diff, err := webhookPatch(raw, defaulted); err != nil {
 		return err
 	} else if diff != "" {
-		return fmt.Errorf("%w: Katib's defaulting (SetDefault) changes the Experiment:\n%s", errRefused, diff)
+		return fmt.Errorf("%w: Katib's defaulting webhook would change the Experiment "+
+			"(SetDefault, then re-encoding through Katib's types):\n%s", errRefused, diff)
 	}
 
 	if errs := v.ValidateExperiment(experiment, nil); len(errs) > 0 {
@@ -187,25 +185,25 @@ func checkDocument(v validator.Validator, raw []byte) error {
 	return nil
 }
 
-// changes lists the JSON patch from before to after, one operation a line. Additions are
-// reported only when withAdditions is set: decoding into Go types adds zero values (status,
-// creationTimestamp) that Katib's webhooks add too and that change nothing.
-func changes(before, after []byte, withAdditions bool) (string, error) {
+// webhookPatch lists the JSON patch from before to after, one operation a line, leaving out
+// the two additions every re-encoded object gets and the API server discards on create: an
+// empty status (the CRD has a status subresource) and a null creationTimestamp.
+func webhookPatch(before, after []byte) (string, error) {
 	operations, err := jsonpatch.CreatePatch(before, after)
 	if err != nil {
 		return "", fmt.Errorf("comparing the Experiment before and after: %v", err)
 	}
 	var out bytes.Buffer
 	for _, op := range operations {
-		if op.Operation == "add" && !withAdditions {
+		if op.Operation == "add" && (op.Path == "/status" || op.Path == "/metadata/creationTimestamp") {
+			continue
+		}
+		if op.Operation == "remove" {
+			fmt.Fprintf(&out, "  remove %s\n", op.Path)
 			continue
 		}
 		value, _ := json.Marshal(op.Value)
-		if op.Operation == "remove" {
-			fmt.Fprintf(&out, "  remove %s\n", op.Path)
-		} else {
-			fmt.Fprintf(&out, "  %s %s %s\n", op.Operation, op.Path, value)
-		}
+		fmt.Fprintf(&out, "  %s %s %s\n", op.Operation, op.Path, value)
 	}
 	return out.String(), nil
 }
