@@ -10,12 +10,15 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from strategies import Invalid, Manifest, invalid_manifests, valid_manifests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
 
@@ -234,3 +237,41 @@ def test_explain_shows_our_descriptions(control_plane: ControlPlane) -> None:
         assert name in explained
         first_sentence = _words(prop["description"]).split(". ")[0]
         assert first_sentence in _words(explained), name
+
+
+HYPOTHESIS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def dry_run_apply(
+    control_plane: ControlPlane, manifest: Manifest, namespace: str
+) -> subprocess.CompletedProcess[str]:
+    """Server-side dry run: the API server validates fully but stores nothing."""
+    placed = in_namespace(manifest, namespace)
+    placed["metadata"].pop("uid", None)
+    return control_plane.run_kubectl(
+        "apply", "--dry-run=server", "-f", "-", input_text=json.dumps(placed), check=False
+    )
+
+
+@HYPOTHESIS
+@given(manifest=valid_manifests())
+def test_the_api_server_accepts_every_spec_our_models_accept(
+    control_plane: ControlPlane, namespace: str, manifest: Manifest
+) -> None:
+    parse_tuning(manifest)
+    result = dry_run_apply(control_plane, manifest, namespace)
+    assert result.returncode == 0, result.stderr + yaml.safe_dump(manifest)
+
+
+@HYPOTHESIS
+@given(broken=invalid_manifests())
+def test_the_api_server_refuses_every_broken_spec_naming_the_field(
+    control_plane: ControlPlane, namespace: str, broken: Invalid
+) -> None:
+    result = dry_run_apply(control_plane, broken.manifest, namespace)
+    assert result.returncode != 0, f"{broken.what} accepted:\n{yaml.safe_dump(broken.manifest)}"
+    assert broken.field in result.stderr, broken.what
