@@ -11,6 +11,8 @@ clean up, so deleting a tuning never waits for the operator.
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -53,6 +55,8 @@ from mnist_tuning.controller.settings import OperatorSettings
 registry = kopf.OperatorRegistry()
 
 ANNOTATION_RESYNC = f"{GROUP}/experiment-lost"
+NAMESPACE_CACHE_SECONDS = 10.0  # how long a namespace's Katib label is trusted
+STATUS_CACHE_SIZE = 10_000
 # kopf's own bookkeeping lives under a separate prefix: kopf ignores changes to annotations
 # under its prefix, and ANNOTATION_RESYNC must count as a change.
 KOPF_PREFIX = f"operator.{GROUP}"
@@ -68,6 +72,11 @@ class Operator:
     _locks: tuple[threading.Lock, ...] = field(
         default_factory=lambda: tuple(threading.Lock() for _ in range(LOCK_STRIPES))
     )
+    # The operator is the only writer of a tuning's status, so what it last wrote (by uid) is
+    # the current status; this saves re-reading tunings and never trails our own writes.
+    _written: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    _enabled_namespaces: dict[str, float] = field(default_factory=dict)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
         """One lock per tuning (striped, so memory stays flat with many tunings)."""
@@ -78,18 +87,46 @@ class Operator:
         """The trainer image for tunings that do not name one."""
         return self.settings.trial_image or DEFAULT_TRAINER_IMAGE
 
-    def reconcile(self, namespace: str, name: str, retry: int) -> None:
+    def status_of(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return the current status: what we last wrote, else what the body carries."""
+        with self._cache_lock:
+            written = self._written.get(body["metadata"]["uid"])
+        return written if written is not None else (body.get("status") or {})
+
+    def _remember(self, uid: str, status: Mapping[str, Any]) -> None:
+        with self._cache_lock:
+            self._written[uid] = dict(status)
+            self._written.move_to_end(uid)
+            while len(self._written) > STATUS_CACHE_SIZE:
+                self._written.popitem(last=False)
+
+    def namespace_enabled(self, namespace: str) -> bool:
+        """Read the Katib label (a positive answer is trusted for a few seconds)."""
+        now = time.monotonic()
+        with self._cache_lock:
+            seen = self._enabled_namespaces.get(namespace)
+        if seen is not None and now - seen < NAMESPACE_CACHE_SECONDS:
+            return True
+        enabled = self.kube.namespace_labels(namespace).get(c.LABEL_KATIB_INJECTION) == "enabled"
+        with self._cache_lock:
+            if enabled:
+                self._enabled_namespaces[namespace] = now
+            else:
+                self._enabled_namespaces.pop(namespace, None)
+        return enabled
+
+    def reconcile(self, body: Mapping[str, Any], retry: int) -> None:
         """Make the Experiment for the tuning's current spec exist and mirror it."""
-        with self.lock(namespace, name):
-            body = self.kube.get_tuning(namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        with self.lock(meta["namespace"], meta["name"]):
             self._reconcile(body, retry)
 
-    def _reconcile(self, body: dict[str, Any], retry: int) -> None:
+    def _reconcile(self, body: Mapping[str, Any], retry: int) -> None:
         namespace = body["metadata"]["namespace"]
         generation = body["metadata"].get("generation")
-        old: Mapping[str, Any] = body.get("status") or {}
+        old = self.status_of(body)
         try:
             tuning = parse_tuning(body)
         except SpecError as exc:
@@ -110,8 +147,7 @@ class Operator:
             new = fault_status(tuning, old, phase=phase, faults=faults, seed=seed, at=c.now())
             self._write(body, old, new, [event] if status_patch(old, new) else [])
 
-        labels = self.kube.namespace_labels(namespace)
-        if labels.get(c.LABEL_KATIB_INJECTION) != "enabled":
+        if not self.namespace_enabled(namespace):
             message = c.namespace_message(namespace)
             fault(
                 "Pending",
@@ -162,7 +198,8 @@ class Operator:
                 )
                 raise kopf.TemporaryError(message, delay=delay) from None
             if why.code in (400, 403, 422):
-                self._delete_stale(body, keep=None)
+                if old.get("experiment"):
+                    self._delete_stale(body, keep=None)
                 refused = c.condition(
                     c.EXPERIMENT_ACCEPTED, False, c.EXPERIMENT_REFUSED, why.message, generation
                 )
@@ -173,7 +210,10 @@ class Operator:
                 )
                 raise kopf.PermanentError(why.message) from None
             raise
-        replaced = self._delete_stale(body, keep=exp_name)
+        # Status names the Experiment last known to serve the tuning; only when that differs
+        # can an older one be left (a replacement, or one interrupted by a restart).
+        moved = old.get("experiment") not in (None, exp_name)
+        replaced = self._delete_stale(body, keep=exp_name) if moved else []
         if replaced and events and events[0].reason == c.EXPERIMENT_CREATED:
             events[0] = Event(
                 "Normal",
@@ -238,7 +278,12 @@ class Operator:
             self.kube.delete_experiment(meta["namespace"], name)
         return stale
 
-    def follow(self, event_type: str | None, experiment: Mapping[str, Any]) -> None:
+    def follow(
+        self,
+        event_type: str | None,
+        experiment: Mapping[str, Any],
+        tunings: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    ) -> None:
         """Mirror an Experiment's change into its tuning; a deleted one is re-requested."""
         meta = experiment.get("metadata") or {}
         owner = _owner(experiment)
@@ -246,7 +291,7 @@ class Operator:
             return
         namespace, name = meta["namespace"], owner["name"]
         with self.lock(namespace, name):
-            body = self.kube.get_tuning(namespace, name)
+            body = next(iter(tunings.get((namespace, name), [])), None)
             if (
                 body is None
                 or body["metadata"].get("uid") != owner.get("uid")
@@ -260,7 +305,7 @@ class Operator:
             wanted = expand(tuning, default_image=self.default_image)
             if meta.get("name") != wanted["metadata"]["name"]:
                 return  # an Experiment of an earlier spec, on its way out
-            old: Mapping[str, Any] = body.get("status") or {}
+            old = self.status_of(body)
             if event_type == "DELETED":
                 if not is_settled(old, body["metadata"].get("generation")):
                     # Hand over to the spec handlers, which retry with backoff.
@@ -284,6 +329,7 @@ class Operator:
         if patch is not None:
             meta = body["metadata"]
             self.kube.patch_tuning_status(meta["namespace"], meta["name"], patch)
+            self._remember(meta["uid"], new)
         for event in events:
             kopf.event(
                 kopf.Body(cast("kopf.RawBody", dict(body))),
@@ -332,10 +378,29 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="create")
 @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="update")
-def reconcile(namespace: str | None, name: str, retry: int, memo: Any, **_: Any) -> None:
+def reconcile(body: kopf.Body, retry: int, memo: Any, **_: Any) -> None:
     """Any change of a tuning's spec, labels or annotations, and every operator start."""
     operator: Operator = memo["operator"]
-    operator.reconcile(namespace or "default", name, retry)
+    operator.reconcile(_plain(body), retry)
+
+
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry)
+def tunings(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """Index the tunings as last seen, so following an Experiment needs no API read."""
+    return {(namespace or "", name): _plain(body)}
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """Copy the parts of a tuning the operator reads into plain dicts."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
 
 
 @kopf.on.event(
@@ -345,7 +410,7 @@ def reconcile(namespace: str | None, name: str, retry: int, memo: Any, **_: Any)
     labels={LABEL_TUNING: kopf.PRESENT},
     registry=registry,
 )
-def follow(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+def follow(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Watch our Experiments by label: a watch only, so kopf writes nothing onto them."""
     operator: Operator = memo["operator"]
-    operator.follow(type, dict(body))
+    operator.follow(type, dict(body), kwargs["tunings"])

@@ -70,18 +70,6 @@ class Kube:
         ns = self._core.read_namespace(namespace)
         return dict((ns.metadata and ns.metadata.labels) or {})
 
-    def get_tuning(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """Read the MnistTuning as stored now; None when it is gone."""
-        try:
-            body = _object(
-                self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return body
-
     def patch_tuning_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch `.status` through the status subresource (None values delete keys)."""
         self._custom.patch_namespaced_custom_object_status(
