@@ -59,7 +59,6 @@ MESSAGE = "message"
 NAME = "trial_name"
 RETRY_OF = "retry_of"
 # Study user attributes.
-EXPERIMENT = "experiment"
 STARTED = "started"
 COMPLETED = "completed"
 TAIL_LINES = 5
@@ -237,7 +236,6 @@ class Engine:
             sampler=make_sampler(self.experiment, resolve_seed(self.tuning)),
             load_if_exists=True,
         )
-        study.set_user_attr(EXPERIMENT, self.name)
         if STARTED not in study.user_attrs:
             study.set_user_attr(STARTED, now().isoformat())
         return study
