@@ -17,7 +17,7 @@ from typing import Any
 import celpy
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api import spec as spec_module
 from mnist_tuning.api.crd import crd
@@ -242,7 +242,7 @@ def test_samples_pass_the_crd(sample: Path) -> None:
     assert api_server_errors(yaml.safe_load(sample.read_text())) == []
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests())
 def test_valid_manifests_pass_the_crd_and_its_defaults_agree_with_the_models(
     manifest: dict[str, Any],
@@ -254,7 +254,7 @@ def test_valid_manifests_pass_the_crd_and_its_defaults_agree_with_the_models(
 
 
 @pytest.mark.parametrize("how", BREAKAGES)
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_crd_refuses_what_the_models_refuse_naming_the_field(
     how: str, data: st.DataObject

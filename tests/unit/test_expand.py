@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api.expand import (
     LABEL_TUNING,
@@ -86,7 +86,7 @@ def sample_values(parameter: dict[str, Any]) -> list[str]:
     return space.get("list") or [space["min"], space["max"]]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests())
 def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[str, Any]) -> None:
     tuning = parse_tuning(manifest)
@@ -178,7 +178,7 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
             assert SHELL_SAFE.fullmatch(argument), argument
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests(), st.integers(1, 1000))
 def test_only_a_budget_change_keeps_the_experiment_name(manifest: dict[str, Any], n: int) -> None:
     before = parse_tuning(manifest)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api.metrics import MetricsFileError, parse_metrics, read_metrics_file
 
@@ -61,6 +61,7 @@ def test_a_missing_file_is_an_error_like_a_failed_trial(tmp_path: Path) -> None:
         read_metrics_file(tmp_path / "absent.json")
 
 
+@settings(deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20))
 def test_summaries_agree_with_the_reported_sequence(values: list[float]) -> None:
     lines = [hypertune_line(i, loss=v) for i, v in enumerate(values)]

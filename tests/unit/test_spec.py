@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api.spec import BestTrial, MnistTuningStatus, SpecError, parse_tuning
 from strategies import BREAKAGES, Invalid, invalid_manifests, valid_manifests
@@ -122,7 +122,7 @@ def test_a_non_mapping_manifest_is_one_readable_problem() -> None:
     assert caught.value.problems[0].path == "(top level)"
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests())
 def test_every_generated_valid_manifest_parses(manifest: dict[str, Any]) -> None:
     tuning = parse_tuning(manifest)
@@ -131,7 +131,7 @@ def test_every_generated_valid_manifest_parses(manifest: dict[str, Any]) -> None
 
 
 @pytest.mark.parametrize("how", BREAKAGES)
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_invalid_manifest_is_refused_naming_the_field(how: str, data: st.DataObject) -> None:
     broken: Invalid = data.draw(invalid_manifests(how))

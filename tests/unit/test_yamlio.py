@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api.yamlio import to_yaml
 
@@ -49,6 +49,7 @@ def test_repeated_objects_are_written_in_full() -> None:
     assert "&" not in to_yaml({"x": shared, "y": shared})
 
 
+@settings(deadline=None)
 @given(
     st.recursive(
         st.text() | st.floats(allow_nan=False) | st.integers() | st.booleans(),
