@@ -22,12 +22,19 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the parser, letting each subcommand's module declare its flags."""
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser, letting the chosen subcommand's module declare its flags.
+
+    Only that module is imported, so a long-running `operator` process does not carry the
+    local engine's plotting libraries (and `render` does not load kopf).
+    """
     parser = argparse.ArgumentParser(prog="mnist-tuning", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, function, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            sub_parser.set_defaults(module=module, function=function)
+            continue
         try:
             mod = import_module(module)
         except ImportError:
@@ -42,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and dispatch to the subcommand; return the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
     try:
         handler: Callable[[argparse.Namespace], int] = getattr(import_module(args.module), args.function)
     except ImportError as exc:
