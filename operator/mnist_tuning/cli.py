@@ -14,10 +14,22 @@ from importlib import import_module
 # subcommand -> (module, function, one-line help). Each module also exposes
 # `add_arguments_<function>(parser)` to declare its own flags.
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "render": ("mnist_tuning.api.cli", "render", "print the Katib Experiment for a MnistTuning file"),
-    "validate": ("mnist_tuning.api.cli", "validate", "check a MnistTuning file; every problem with its field path"),
+    "render": (
+        "mnist_tuning.api.cli",
+        "render",
+        "print the Katib Experiment for a MnistTuning file",
+    ),
+    "validate": (
+        "mnist_tuning.api.cli",
+        "validate",
+        "check a MnistTuning file; every problem with its field path",
+    ),
     "crd": ("mnist_tuning.api.cli", "crd", "print the MnistTuning CustomResourceDefinition"),
-    "run": ("mnist_tuning.local.cli", "run", "run a MnistTuning on this machine (trials as local processes)"),
+    "run": (
+        "mnist_tuning.local.cli",
+        "run",
+        "run a MnistTuning on this machine (trials as local processes)",
+    ),
     "operator": ("mnist_tuning.controller.cli", "operator", "run the operator against a cluster"),
 }
 
@@ -53,11 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)
     try:
-        handler: Callable[[argparse.Namespace], int] = getattr(import_module(args.module), args.function)
+        handler: Callable[[argparse.Namespace], int] = getattr(
+            import_module(args.module), args.function
+        )
     except ImportError as exc:
         print(
-            f"mnist-tuning {args.command}: needs an optional dependency that is not installed ({exc.name}); "
-            "install the project with `pip install 'mnist-tuning[dev]'` or `make venv`",
+            f"mnist-tuning {args.command}: needs an optional dependency that is not "
+            f"installed ({exc.name}); install the project with `pip install 'mnist-tuning[dev]'` or `make venv`",
             file=sys.stderr,
         )
         return 2
