@@ -44,18 +44,9 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, function, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if name != chosen:
-            sub_parser.set_defaults(module=module, function=function)
-            continue
-        try:
-            mod = import_module(module)
-        except ImportError:
-            # Optional extra not installed: the subcommand still shows in --help and
-            # explains itself when run.
-            sub_parser.set_defaults(module=module, function=function)
-            continue
-        getattr(mod, f"add_arguments_{function}")(sub_parser)
         sub_parser.set_defaults(module=module, function=function)
+        if name == chosen:
+            getattr(import_module(module), f"add_arguments_{function}")(sub_parser)
     return parser
 
 
@@ -63,18 +54,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and dispatch to the subcommand; return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(chosen).parse_args(argv)
     try:
-        handler: Callable[[argparse.Namespace], int] = getattr(
-            import_module(args.module), args.function
-        )
+        parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     except ImportError as exc:
+        # An optional extra is missing: say which and how to get it, not a traceback.
         print(
-            f"mnist-tuning {args.command}: needs an optional dependency that is not "
-            f"installed ({exc.name}); install the project with `pip install 'mnist-tuning[dev]'` or `make venv`",
+            f"mnist-tuning {chosen}: needs {exc.name}, which is not installed; "
+            "install the project with `pip install 'mnist-tuning[dev]'` or run `make venv`",
             file=sys.stderr,
         )
         return 2
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        import_module(args.module), args.function
+    )
     return handler(args)
 
 
