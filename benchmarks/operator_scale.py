@@ -88,8 +88,8 @@ def run(plane: launcher.ControlPlane, count: int, workdir: Path) -> int:
     config.load_kube_config(str(plane.kubeconfig))
     api = client.CustomObjectsApi()
     core = client.CoreV1Api()
-    direct_ns, operator_ns = "bench-direct", "bench-operator"
-    for ns in (direct_ns, operator_ns):
+    direct_ns, writes_ns, operator_ns = "bench-direct", "bench-writes", "bench-operator"
+    for ns in (direct_ns, writes_ns, operator_ns):
         core.create_namespace(
             {"metadata": {"name": ns, "labels": {katib_standin.KATIB_INJECTION_LABEL: "enabled"}}}
         )
@@ -108,6 +108,29 @@ def run(plane: launcher.ControlPlane, count: int, workdir: Path) -> int:
     for experiment in experiments:
         api.create_namespaced_custom_object(*KATIB[:2], direct_ns, KATIB[2], experiment)
     direct_s = time.monotonic() - start
+
+    # 1b. the API server's cost of the operator's path: the same client makes, one tuning at a
+    # time, every write the path needs (tuning, Experiment, kopf's annotation, status, Event).
+    start = time.monotonic()
+    for name in names:
+        made = api.create_namespaced_custom_object(GROUP, VERSION, writes_ns, PLURAL, tuning(name))
+        owned = expand(parse_tuning({**made, "status": {}}))
+        api.create_namespaced_custom_object(*KATIB[:2], writes_ns, KATIB[2], owned)
+        note = {"metadata": {"annotations": {"operator.tuning.mnist.dev/last": "{}"}}}
+        api.patch_namespaced_custom_object(GROUP, VERSION, writes_ns, PLURAL, name, note)
+        status = {"status": {"phase": "Pending", "experiment": owned["metadata"]["name"]}}
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, writes_ns, PLURAL, name, status)
+        core.create_namespaced_event(
+            writes_ns,
+            {
+                "metadata": {"generateName": f"{name}."},
+                "involvedObject": {"kind": "MnistTuning", "name": name, "namespace": writes_ns},
+                "reason": "ExperimentCreated",
+                "message": "created",
+                "type": "Normal",
+            },
+        )
+    writes_s = time.monotonic() - start
 
     # 2. the same client creates tunings; the operator expands them.
     port = launcher.free_port()
@@ -167,7 +190,7 @@ def run(plane: launcher.ControlPlane, count: int, workdir: Path) -> int:
                 experiment_name,
                 {"status": finished_status(f"{name}-t1")},
             )
-        writes_s = time.monotonic() - start
+        standin_s = time.monotonic() - start
         succeeded_s = (
             wait(
                 lambda: (
@@ -186,17 +209,17 @@ def run(plane: launcher.ControlPlane, count: int, workdir: Path) -> int:
         log.close()
 
     create_ratio = direct_s / operator_s
-    finish_ratio = writes_s / succeeded_s
-    print(
-        f"tunings: {count} (operator watching one namespace, 2 CPU cores shared with the API server)"
-    )
+    finish_ratio = standin_s / succeeded_s
+    print(f"tunings: {count}; operator watching one namespace; {os.cpu_count()} CPUs shared")
     print(f"direct Experiment creates:           {direct_s:7.2f} s  ({count / direct_s:6.1f}/s)")
+    print(f"the path's API writes, client alone: {writes_s:7.2f} s  ({count / writes_s:6.1f}/s)")
     print(f"MnistTuning creates (client only):   {created_s:7.2f} s")
     print(
         f"tunings -> Experiment + status:      {operator_s:7.2f} s  ({count / operator_s:6.1f}/s)"
     )
     print(f"create throughput ratio:             {create_ratio:7.2f}x  (target >= {TARGET_RATIO})")
-    print(f"stand-in status writes:              {writes_s:7.2f} s  ({count / writes_s:6.1f}/s)")
+    print(f"  ratio against the path's writes:   {writes_s / operator_s:7.2f}x")
+    print(f"stand-in status writes:              {standin_s:7.2f} s  ({count / standin_s:6.1f}/s)")
     print(
         f"all tunings Succeeded after:         {succeeded_s:7.2f} s  ({count / succeeded_s:6.1f}/s)"
     )
