@@ -311,6 +311,10 @@ def test_progress_mirrors_counters_and_best_trial_with_an_event_per_improvement(
         lambda: cluster.event("prog", c.BEST_TRIAL_IMPROVED, "accuracy 0.9871"),
         "the second improvement event",
     )
+    failing = cluster.condition("prog", c.TRIALS_HEALTHY)
+    assert failing is not None
+    assert failing["reason"] == c.TRIALS_FAILING
+    assert f"katib.kubeflow.org/experiment={name}" in failing["message"]
     first_event = cluster.event("prog", c.BEST_TRIAL_IMPROVED, "accuracy 0.9512")
     assert first_event is not None
     assert "learningRate=0.0123" in first_event["message"]
@@ -630,6 +634,27 @@ def test_refused_experiment_shows_the_server_message_and_stays_failed_until_the_
     accepted = cluster.condition("big", c.EXPERIMENT_ACCEPTED)
     assert accepted is not None
     assert accepted["status"] == "True"
+
+
+def test_refused_budget_edit_leaves_the_running_experiment_as_it_was(
+    cluster: Cluster, admission_refuses_big_experiments: str, operator: Operator
+) -> None:
+    message = admission_refuses_big_experiments
+    cluster.apply(tuning_manifest("grow", max_trials=40))
+    name = wait_for(lambda: cluster.status("grow").get("experiment"), "the Experiment")
+    cluster.patch_spec("grow", {"budget": {"maxTrials": 60}})
+    cond = wait_for(
+        lambda: (x := cluster.condition("grow", c.EXPERIMENT_ACCEPTED))["status"] == "False" and x,
+        "the refused budget edit",
+    )
+    assert cond["reason"] == c.EXPERIMENT_REFUSED
+    assert message in cond["message"]
+    (experiment,) = cluster.experiments()
+    assert experiment["metadata"]["name"] == name
+    assert experiment["spec"]["maxTrialCount"] == 40
+    status = cluster.status("grow")
+    assert status["phase"] == "Pending"
+    assert status["observedGeneration"] == 1, "generation 2 is not what runs"
 
 
 # ---------------------------------------------------------------------------------------------

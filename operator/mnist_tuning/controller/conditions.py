@@ -18,6 +18,7 @@ KATIB_AVAILABLE: Final = "KatibAvailable"
 NAMESPACE_ENABLED: Final = "NamespaceEnabled"
 EXPERIMENT_ACCEPTED: Final = "ExperimentAccepted"
 SPEC_VALID: Final = "SpecValid"
+TRIALS_HEALTHY: Final = "TrialsHealthy"
 
 # Reasons (CamelCase; one place).
 KATIB_FOUND: Final = "KatibFound"
@@ -32,6 +33,8 @@ BUDGET_UPDATED: Final = "BudgetUpdated"
 OPERATOR_FORBIDDEN: Final = "OperatorForbidden"
 SPEC_ACCEPTED: Final = "SpecAccepted"
 SPEC_INVALID: Final = "SpecInvalid"
+NO_TRIAL_FAILED: Final = "NoTrialFailed"
+TRIALS_FAILING: Final = "TrialsFailing"
 # Event-only reasons.
 BEST_TRIAL_IMPROVED: Final = "BestTrialImproved"
 TUNING_SUCCEEDED: Final = "TuningSucceeded"

@@ -34,6 +34,7 @@ from mnist_tuning.api.spec import (
     PLURAL,
     VERSION,
     Condition,
+    MnistTuning,
     Phase,
     SpecError,
     parse_tuning,
@@ -163,13 +164,7 @@ class Operator:
         exp_name = wanted["metadata"]["name"]
         events: list[Event] = []
         try:
-            experiment = self.kube.create_experiment(wanted)
-            if experiment is not None:
-                events.append(self._created_event(old, exp_name))
-            else:
-                experiment = self._existing(body, wanted)
-                experiment, patched = self._patch_budget(experiment, wanted)
-                events.extend(patched)
+            experiment = self._create(wanted)
         except ApiException as exc:
             why = refusal(exc)
             if why.katib_missing:
@@ -197,7 +192,7 @@ class Operator:
                     Event("Warning", c.OPERATOR_FORBIDDEN, message),
                 )
                 raise kopf.TemporaryError(message, delay=delay) from None
-            if why.code in (400, 403, 422):
+            if why.refused:
                 if old.get("experiment"):
                     self._delete_stale(body, keep=None)
                 refused = c.condition(
@@ -210,6 +205,12 @@ class Operator:
                 )
                 raise kopf.PermanentError(why.message) from None
             raise
+        if experiment is not None:
+            events.append(self._created_event(old, exp_name))
+        else:
+            experiment = self._existing(body, wanted)
+            experiment, patched = self._patch_budget(body, tuning, old, experiment, wanted)
+            events.extend(patched)
         # Status names the Experiment last known to serve the tuning; only when that differs
         # can an older one be left (a replacement, or one interrupted by a restart).
         moved = old.get("experiment") not in (None, exp_name)
@@ -223,6 +224,20 @@ class Operator:
             )
         new = mirrored_status(tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now())
         self._write(body, old, new, events + status_events(tuning, old, new))
+
+    def _create(self, wanted: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the Experiment; None when it exists already.
+
+        Admission runs before the API server's existence check, so a refused create may be
+        of an Experiment that exists (e.g. with a smaller budget): that one counts as existing.
+        """
+        try:
+            return self.kube.create_experiment(wanted)
+        except ApiException as exc:
+            meta = wanted["metadata"]
+            if refusal(exc).refused and self.kube.get_experiment(meta["namespace"], meta["name"]):
+                return None
+            raise
 
     @staticmethod
     def _created_event(old: Mapping[str, Any], name: str) -> Event:
@@ -249,14 +264,39 @@ class Operator:
         return experiment
 
     def _patch_budget(
-        self, experiment: dict[str, Any], wanted: Mapping[str, Any]
+        self,
+        body: Mapping[str, Any],
+        tuning: MnistTuning,
+        old: Mapping[str, Any],
+        experiment: dict[str, Any],
+        wanted: Mapping[str, Any],
     ) -> tuple[dict[str, Any], list[Event]]:
-        """Budget edits go into the running Experiment; Katib allows exactly these fields."""
+        """Budget edits go into the running Experiment; a refused one leaves it running as is."""
         have, want = budget_of(experiment), budget_of(wanted)
         if have == want:
             return experiment, []
         meta = experiment["metadata"]
-        patched = self.kube.patch_experiment_spec(meta["namespace"], meta["name"], want)
+        try:
+            patched = self.kube.patch_experiment_spec(meta["namespace"], meta["name"], want)
+        except ApiException as exc:
+            why = refusal(exc)
+            if not why.refused:
+                raise
+            message = f"the budget change was refused, the Experiment runs on: {why.message}"
+            refused = c.condition(
+                c.EXPERIMENT_ACCEPTED,
+                False,
+                c.EXPERIMENT_REFUSED,
+                message,
+                tuning.metadata.generation,
+            )
+            new = mirrored_status(
+                tuning, experiment, old, wanted_budget=want, at=c.now(), refused=refused
+            )
+            first_time = status_patch(old, new) is not None
+            events = [Event("Warning", c.EXPERIMENT_REFUSED, message)] if first_time else []
+            self._write(body, old, new, events)
+            raise kopf.PermanentError(why.message) from None
         change = ", ".join(
             f"{key} {have.get(key)}→{value}"
             for key, value in want.items()

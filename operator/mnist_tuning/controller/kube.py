@@ -7,6 +7,7 @@ against one file. Errors are sorted into what the operator does about them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ from mnist_tuning.api.spec import GROUP, PLURAL, VERSION
 
 KATIB_GROUP, KATIB_VERSION = KATIB_API_VERSION.split("/")
 EXPERIMENTS: Final = "experiments"
+RBAC_DENIAL: Final = re.compile(r'cannot [a-z]+ resource "')
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,11 @@ class Refusal:
     message: str
     katib_missing: bool
     forbidden_by_rbac: bool
+
+    @property
+    def refused(self) -> bool:
+        """Admission or validation said no: retrying the same object cannot help."""
+        return self.code in (400, 403, 422) and not self.forbidden_by_rbac
 
 
 def refusal(exc: ApiException) -> Refusal:
@@ -41,8 +48,8 @@ def refusal(exc: ApiException) -> Refusal:
     # A create answers 404 only when the collection is not served (the namespace itself
     # missing names kind "namespaces").
     katib_missing = exc.status == 404 and details.get("kind") in (None, EXPERIMENTS)
-    # RBAC denials say "... cannot <verb> resource ..."; admission denials do not.
-    forbidden = exc.status == 403 and " cannot " in message and "resource" in message
+    # RBAC denials say 'User "..." cannot <verb> resource "..."'; admission denials do not.
+    forbidden = exc.status == 403 and RBAC_DENIAL.search(message) is not None
     return Refusal(exc.status or 0, message, katib_missing, forbidden)
 
 

@@ -78,11 +78,13 @@ def mirrored_status(
     *,
     wanted_budget: Mapping[str, int],
     at: str,
+    refused: Condition | None = None,
 ) -> dict[str, Any]:
     """Our status from the Experiment now serving the spec, plus the operator's conditions.
 
     `observedGeneration` only moves to the tuning's generation once the Experiment runs
-    its budget too; until the patch lands the old generation stays.
+    its budget too; until the patch lands the old generation stays, and a `refused` budget
+    patch stays visible as ExperimentAccepted=False while the Experiment runs on unchanged.
     """
     generation = tuning.metadata.generation
     summary = summarize(experiment, tuning)
@@ -90,19 +92,39 @@ def mirrored_status(
     current = budget_of(experiment) == dict(wanted_budget)
     status["observedGeneration"] = generation if current else old.get("observedGeneration")
     own = accepted_conditions(str(status["experiment"]), generation)
-    refused = [
-        cond
+    earlier = [
+        Condition.model_validate(cond)
         for cond in old.get("conditions") or []
         if cond.get("type") == c.EXPERIMENT_ACCEPTED and cond.get("status") == "False"
     ]
-    if refused and not current:
-        # A refused budget edit stays visible until a later spec is accepted.
-        own[-1] = Condition.model_validate(refused[0])
+    if refused is None and earlier and not current:
+        refused = earlier[0]
+    if refused is not None and not current:
+        own[-1] = refused
+    own.append(trials_condition(status, generation))
     katib = [
         cond.model_copy(update={"observed_generation": generation}) for cond in summary.conditions
     ]
     status["conditions"] = c.settle(old.get("conditions") or [], own + katib, at)
     return status
+
+
+def trials_condition(status: Mapping[str, Any], generation: int | None) -> Condition:
+    """Say whether trials fail, and how to read why, before maxFailedTrials ends the run."""
+    trials = status.get("trials") or {}
+    failed = int(trials.get("failed") or 0) + int(trials.get("metricsUnavailable") or 0)
+    if not failed:
+        return c.condition(c.TRIALS_HEALTHY, True, c.NO_TRIAL_FAILED, "", generation)
+    experiment = status.get("experiment")
+    return c.condition(
+        c.TRIALS_HEALTHY,
+        False,
+        c.TRIALS_FAILING,
+        f"{failed} trial(s) failed or reported no metrics. Find them with kubectl get trials "
+        f"-l katib.kubeflow.org/experiment={experiment}, then read one with kubectl logs "
+        "-l katib.kubeflow.org/trial=TRIAL -c training-container",
+        generation,
+    )
 
 
 def fault_status(
