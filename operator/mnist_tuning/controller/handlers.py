@@ -368,7 +368,8 @@ class Operator:
         patch = status_patch(old, new)
         if patch is not None:
             meta = body["metadata"]
-            self.kube.patch_tuning_status(meta["namespace"], meta["name"], patch)
+            if not self.kube.patch_tuning_status(meta["namespace"], meta["name"], patch):
+                return  # deleted meanwhile: nothing to report on
             self._remember(meta["uid"], new)
         for event in events:
             kopf.event(

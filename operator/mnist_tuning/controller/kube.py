@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +61,17 @@ def _object(value: object) -> dict[str, Any]:
     return value
 
 
+def _unless_gone(call: Callable[[], object]) -> bool:
+    """Run a write on a tuning; a tuning deleted meanwhile is not an error, just False."""
+    try:
+        call()
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 class Kube:
     """The API calls the operator makes, on one shared (thread-safe) API client."""
 
@@ -77,16 +89,21 @@ class Kube:
         ns = self._core.read_namespace(namespace)
         return dict((ns.metadata and ns.metadata.labels) or {})
 
-    def patch_tuning_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch `.status` through the status subresource (None values delete keys)."""
-        self._custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+    def patch_tuning_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge-patch `.status` through the status subresource; False if the tuning is gone."""
+        return _unless_gone(
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+            )
         )
 
-    def annotate_tuning(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    def annotate_tuning(self, namespace: str, name: str, annotations: dict[str, str]) -> bool:
         """Touch the tuning's metadata so kopf runs the spec handlers (with their retries)."""
-        self._custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"annotations": annotations}}
+        patch = {"metadata": {"annotations": annotations}}
+        return _unless_gone(
+            lambda: self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, patch
+            )
         )
 
     def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
