@@ -46,11 +46,12 @@ build_component() {
     for pair in "${missing[@]}"; do
       local pkg="${pair%%=*}" out="${pair#*=}"
       echo "build.sh: compiling $out ($name $version, $go_version); the first build takes minutes" >&2
-      local start=$SECONDS
+      local timer=()
+      [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f "build.sh: $out: %e s wall, %U s user, %M KiB peak")
       (cd "$here/$wrapper" &&
-        "$go_bin" build -p "$jobs" -trimpath -ldflags "-s -w $ldflags" -o "$slot/$out.tmp" "$pkg")
+        "${timer[@]}" "$go_bin" build -p "$jobs" -trimpath -ldflags "-s -w $ldflags" \
+          -o "$slot/$out.tmp" "$pkg")
       mv "$slot/$out.tmp" "$slot/$out"
-      echo "build.sh: $out built in $((SECONDS - start))s" >&2
     done
   fi
   mkdir -p "$cluster_dir/bin"
@@ -81,6 +82,8 @@ fi
 
 if [[ -f "$here/katib-validate/go.mod" ]]; then
   katib_version="$(module_version katib-validate github.com/kubeflow/katib)"
+  # `go list -m` does not download; on a fresh machine the module is not there yet.
+  (cd "$here/katib-validate" && "$go_bin" mod download github.com/kubeflow/katib)
   katib_dir="$(cd "$here/katib-validate" && "$go_bin" list -m -f '{{.Dir}}' github.com/kubeflow/katib)"
   # The validator judges against the katib-config of Katib's standalone install, built in.
   katib_config="$katib_dir/manifests/v1beta1/installs/katib-standalone/katib-config.yaml"
