@@ -17,7 +17,8 @@ cache="${MNIST_TUNING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mnist-tuning}"
 go_bin="${GO:-go}"
 jobs="${BUILD_PARALLELISM:-2}"
 
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+# The wrapper modules sit inside this repository; its git state is no part of the binaries.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false"
 
 if ! command -v "$go_bin" >/dev/null; then
   echo "build.sh: Go is not installed; install Go >= 1.24 (https://go.dev/dl/) and rerun make binaries" >&2
