@@ -111,9 +111,16 @@ def test_trial_command_is_the_pods_command_substituted_and_pointed_at_local_path
     values = sample(experiment, 1)[0]
     metrics = tmp_path / "metrics.json"
     process = trial_process(
-        experiment, values, python=sys.executable, data_dir=tmp_path / "data", metrics_file=metrics
+        experiment,
+        values,
+        python=sys.executable,
+        data_dir=tmp_path / "data",
+        metrics_file=metrics,
+        threads=3,
+        extra_args=["--train-limit=100"],
     )
     assert process.argv[:3] == [sys.executable, "-m", "mnist_trainer"]
+    assert process.argv[-2:] == ["--threads=3", "--train-limit=100"]
     for name, value in values.items():
         assert f"{TRAINER_FLAGS[name]}={value}" in process.argv
     assert f"--data-dir={tmp_path / 'data'}" in process.argv
@@ -141,6 +148,7 @@ def test_placeholders_resolve_through_the_trial_parameter_reference(tmp_path: Pa
         python="py",
         data_dir=tmp_path,
         metrics_file=tmp_path / "m.json",
+        threads=1,
     )
     assert "--learning-rate=0.042" in process.argv
     assert process.argv[0] == "py"

@@ -40,23 +40,23 @@ def test_missing_data_says_how_to_get_it(tmp_path: Path, run_cli: RunCli) -> Non
 
 
 def test_a_workdir_of_another_spec_is_refused(
-    tmp_path: Path, small_mnist: Path, run_cli: RunCli
+    tmp_path: Path, mnist_root: Path, run_cli: RunCli
 ) -> None:
     workdir = tmp_path / "shared"
     workdir.mkdir()
     first = parse_tuning(tuning("first"))
     engine = Engine(
-        first, expand(first), workdir=workdir, data_dir=small_mnist, observer=lambda _: None
+        first, expand(first), workdir=workdir, data_dir=mnist_root, observer=lambda _: None
     )
     engine.open_study()
-    result = run_cli(tuning("second"), workdir, small_mnist)
+    result = run_cli(tuning("second"), workdir, mnist_root)
     assert result.returncode == 2
     assert_one_clear_sentence(result.stderr, "different spec", "--workdir")
 
 
 def test_a_missing_trainer_is_named(
     tmp_path: Path,
-    small_mnist: Path,
+    mnist_root: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -66,6 +66,6 @@ def test_a_missing_trainer_is_named(
         "spec: {search: {momentum: {min: 0.1, max: 0.9}}}\n"
     )
     monkeypatch.setattr(cli, "TRAINER_MODULES", ("mnist_trainer", "no_such_trainer_module"))
-    args = argparse.Namespace(filename=str(spec_file), workdir=tmp_path / "w", data_dir=small_mnist)
+    args = argparse.Namespace(filename=str(spec_file), workdir=tmp_path / "w", data_dir=mnist_root)
     assert cli.run(args) == 2
     assert_one_clear_sentence(capsys.readouterr().err, "trainer is not installed", "make venv")

@@ -33,7 +33,12 @@ EXIT_INTERRUPTED = 130
 DEFAULT_WORKDIR_ROOT = Path(".mnist-tuning")
 DEFAULT_DATA_DIR = Path("data")
 # torchvision's MNIST(root) reads these from <root>/MNIST/raw.
-RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 TRAINER_MODULES = ("mnist_trainer", "torch", "torchvision")
 
 
@@ -52,12 +57,20 @@ def add_arguments_run(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DATA_DIR,
         help="directory holding MNIST/raw (made by `make data`; default: data)",
     )
+    parser.add_argument(
+        "--trainer-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra flag for every trial's trainer, e.g. --trainer-arg=--train-limit=5000 "
+        "for a quick look on fewer images (repeatable; local runs only)",
+    )
 
 
 def check_data(data_dir: Path) -> None:
     """Refuse to start trials that would all fail for want of the digits."""
     raw = data_dir / "MNIST" / "raw"
-    if not all((raw / name).exists() or (raw / f"{name}.gz").exists() for name in RAW_FILES):
+    if not all((raw / name).is_file() for name in RAW_FILES):
         raise EngineError(
             f"no MNIST data in {raw}; run `make data` or pass --data-dir pointing at the "
             "directory that holds MNIST/raw"
@@ -95,7 +108,12 @@ def run(args: argparse.Namespace) -> int:
         check_trainer()
         with LiveView(console) as view:
             engine = Engine(
-                tuning, experiment, workdir=workdir, data_dir=args.data_dir.resolve(), observer=view
+                tuning,
+                experiment,
+                workdir=workdir,
+                data_dir=args.data_dir.resolve(),
+                observer=view,
+                extra_args=args.trainer_arg,
             )
             status = engine.run()
     except (EngineError, UnsupportedSearchError) as exc:

@@ -9,7 +9,7 @@ the interpreter, the data directory and the metrics file.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from mnist_tuning.api.expand import METRICS_FILE_PATH
 
 PYTHON_NAMES = ("python", "python3")
 DATA_DIR_FLAG = "--data-dir"
+# A pod's trainer sizes its thread pool from its CPU limit; local trials share the cores.
+THREADS_FLAG = "--threads"
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,22 @@ def trial_process(
     python: str,
     data_dir: Path,
     metrics_file: Path,
+    threads: int,
+    extra_args: Sequence[str] = (),
 ) -> TrialProcess:
-    """Build the local process for one trial from the Experiment's trial template."""
+    """Build the local process for one trial from the Experiment's trial template.
+
+    `threads` is this trial's share of the cores; `extra_args` go to every trial's trainer
+    after the template's own arguments (e.g. `--train-limit=5000` for a quick look).
+    """
     container = primary_container(experiment, render_trial_spec(experiment, assignments))
     argv = [*container.get("command", []), *container.get("args", [])]
-    local = [localize(a, python=python, data_dir=data_dir, metrics_file=metrics_file) for a in argv]
+    local = [
+        localize(a, python=python, data_dir=data_dir, metrics_file=metrics_file)
+        for a in argv
+        if not a.startswith(f"{THREADS_FLAG}=")
+    ]
+    local += [f"{THREADS_FLAG}={threads}", *extra_args]
     env = {
         item["name"]: item["value"].replace(METRICS_FILE_PATH, str(metrics_file))
         for item in container.get("env", [])

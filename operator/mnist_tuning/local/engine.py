@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,6 +189,7 @@ class Engine:
         observer: Observer,
         python: str = sys.executable,
         cpus: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         """Prepare a run; nothing starts until `run()`."""
         self.tuning = tuning
@@ -198,6 +199,7 @@ class Engine:
         self.data_dir = data_dir
         self.observer = observer
         self.python = python
+        self.extra_args = list(extra_args)
         spec = experiment["spec"]
         self.max_trials = int(spec["maxTrialCount"])
         self.parallel = int(spec["parallelTrialCount"])
@@ -271,6 +273,8 @@ class Engine:
             python=self.python,
             data_dir=self.data_dir,
             metrics_file=metrics_file,
+            threads=self.threads,
+            extra_args=self.extra_args,
         )
         threads = str(self.threads)
         env = {**os.environ, **process.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
