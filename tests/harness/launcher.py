@@ -500,11 +500,6 @@ class ControlPlane:
         """Path of the kubectl binary built with the control plane."""
         return self.bin_dir / "kubectl"
 
-    @property
-    def katib_validate(self) -> Path:
-        """Path of the katib-validate binary."""
-        return self.bin_dir / "katib-validate"
-
     def run_kubectl(
         self,
         *args: str,
@@ -517,12 +512,9 @@ class ControlPlane:
             self.bin_dir, kubeconfig or self.kubeconfig, *args, input_text=input_text, check=check
         )
 
-    def apply(
-        self, manifest: str, namespace: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """`kubectl apply -f -` of a YAML text."""
-        args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
-        return self.run_kubectl(*args, input_text=manifest, check=check)
+    def apply(self, manifest: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`kubectl apply -f -` of a YAML (or JSON) text."""
+        return self.run_kubectl("apply", "-f", "-", input_text=manifest, check=check)
 
     def kubeconfig_for_service_account(
         self, namespace: str, name: str, duration: str = "2h"
@@ -535,15 +527,10 @@ class ControlPlane:
         token = self.run_kubectl(
             "create", "token", name, "-n", namespace, f"--duration={duration}"
         ).stdout.strip()
-        config = yaml.safe_load(self.kubeconfig.read_text())
-        ca_cert = self.run_dir / "pki" / "ca.crt"
         path = self.run_dir / f"sa-{namespace}-{name}.kubeconfig"
         user = f"system:serviceaccount:{namespace}:{name}"
-        path.write_text(
-            kubeconfig_text(
-                config["clusters"][0]["cluster"]["server"], ca_cert, user, {"token": token}
-            )
-        )
+        ca_cert = self.run_dir / "pki" / "ca.crt"
+        path.write_text(kubeconfig_text(self.server, ca_cert, user, {"token": token}))
         path.chmod(0o600)
         return path
 
@@ -586,7 +573,7 @@ def start(
     argv += ["--bin-dir", str(bin_dir)]
     if tie_to_this_process:
         argv += ["--parent", str(os.getpid())]
-    argv += [str(path) for path in crd_files]
+    argv += [str(path.resolve()) for path in crd_files]
     with supervisor_log.open("wb") as log:
         process = subprocess.Popen(
             argv,
