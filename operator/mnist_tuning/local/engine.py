@@ -102,6 +102,7 @@ class _Running:
     output: IO[bytes]
     metrics_file: Path
     deadline: float | None
+    overdue: bool = False
 
 
 def now() -> datetime:
@@ -324,6 +325,9 @@ class Engine:
         state: katib.TrialState
         if killed is not None:
             state, message = "Killed", killed
+        elif running.overdue:
+            # What a Job's activeDeadlineSeconds does to a trial pod on the cluster.
+            state, message = "Failed", f"DeadlineExceeded: ran over {self.deadline_seconds} s"
         elif code != 0 or unreadable:
             state = "Failed"
             message = unreadable or f"trainer exited with code {code}"
@@ -384,8 +388,9 @@ class Engine:
     def step(self, study: optuna.Study) -> None:
         """Collect finished processes, stop overdue ones, refresh live metrics."""
         for number, running in list(self.running.items()):
-            overdue = running.deadline is not None and time.monotonic() > running.deadline
-            if overdue and running.process.poll() is None:
+            late = running.deadline is not None and time.monotonic() > running.deadline
+            if late and running.process.poll() is None:
+                running.overdue = True
                 self.stop(running)
             if running.process.poll() is None:
                 self.live_metrics(running)
