@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from mnist_trainer.metrics import MetricsReporter, NonFiniteMetricError, katib_timestamp
+
+
+def test_timestamps_are_whole_seconds() -> None:
+    assert katib_timestamp(1700000000.987, 1, None) == 1700000000
+
+
+def test_a_later_step_gets_a_later_second() -> None:
+    assert katib_timestamp(1700000000.2, 2, (1, 1700000000)) == 1700000001
+    assert katib_timestamp(1700000005.2, 2, (1, 1700000000)) == 1700000005
+
+
+def test_metrics_of_one_step_may_share_a_second() -> None:
+    assert katib_timestamp(1700000000.9, 1, (1, 1700000000)) == 1700000000
+
+
+def test_a_long_run_keeps_every_report(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    reporter = MetricsReporter(path)
+    for epoch in range(1, 101):
+        reporter.report(epoch, {"accuracy": 0.5, "loss": 1.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 200
+    assert lines[0]["global_step"] == "1"
+    stamps = [rec["timestamp"] for rec in lines]
+    assert stamps == sorted(stamps)
+    assert all(isinstance(s, int) for s in stamps)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_never_written(tmp_path: Path, bad: float) -> None:
+    path = tmp_path / "m.json"
+    reporter = MetricsReporter(path)
+    reporter.report(1, {"accuracy": 0.9, "loss": 0.3})
+    with pytest.raises(NonFiniteMetricError):
+        reporter.report(2, {"accuracy": 0.1, "loss": bad})
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert all(json.loads(line)["global_step"] == "1" for line in lines)
+
+
+def test_a_relative_path_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLOUD_ML_HP_METRIC_FILE", raising=False)
+    MetricsReporter(Path("metrics.json")).report(1, {"accuracy": 0.25})
+    assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == "0.25"
+    assert os.environ["CLOUD_ML_HP_METRIC_FILE"] == str(tmp_path / "metrics.json")
+
+
+def test_divergence_names_the_first_bad_step() -> None:
+    import torch
+    from mnist_trainer.config import Hyperparameters
+    from mnist_trainer.train import DivergedError, _check_window
+
+    window = torch.tensor([0.5, 0.4, math.inf, math.nan, 0.3])
+    with pytest.raises(DivergedError, match=r"loss is inf at step 103 \(epoch 2\)"):
+        _check_window(window, 5, 105, 2, Hyperparameters(learning_rate=7.0))
+    assert float(_check_window(window, 2, 2, 1, Hyperparameters())) == pytest.approx(0.9)
