@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_runs import RunCli, cli_command
 from mnist_trainer.prepare import prepare
-from runs import RunCli, cli_command
 
 REPO = Path(__file__).resolve().parents[2]
 

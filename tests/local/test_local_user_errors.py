@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 import pytest
+from local_runs import RunCli, tuning
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import parse_tuning
 from mnist_tuning.local import cli
 from mnist_tuning.local.engine import Engine
-from runs import RunCli, tuning
 
 
 def assert_one_clear_sentence(text: str, *needles: str) -> None:

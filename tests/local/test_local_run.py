@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import optuna
+from local_runs import RunCli, cli_command, load_status, tuning
 from mnist_tuning.api.metrics import read_metrics_file
 from mnist_tuning.api.spec import MnistTuningStatus
-from runs import RunCli, cli_command, load_status, tuning
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
