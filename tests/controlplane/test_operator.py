@@ -481,47 +481,6 @@ def test_search_edit_replaces_the_experiment_and_status_follows_the_new_one(
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Katib missing
-
-
-@pytest.fixture
-def katib_crd_removed(control_plane: ControlPlane) -> Iterator[Path]:
-    """Take Katib's Experiment CRD away for one test; put it back whatever happens."""
-    crd = REPO_ROOT / ".cluster" / "crds" / "katib" / "experiment.yaml"
-    name = yaml.safe_load(crd.read_text())["metadata"]["name"]
-    control_plane.run_kubectl("delete", "crd", name, "--wait=true", "--timeout=60s")
-    try:
-        yield crd
-    finally:
-        control_plane.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        control_plane.run_kubectl(
-            "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s"
-        )
-
-
-def test_katib_missing_is_a_condition_with_the_install_command_and_heals_itself(
-    cluster: Cluster, katib_crd_removed: Path, operator: Operator
-) -> None:
-    cluster.apply(tuning_manifest("nokatib"))
-    cond = wait_for(lambda: cluster.condition("nokatib", c.KATIB_AVAILABLE), "KatibAvailable")
-    assert cond["status"] == "False"
-    assert cond["reason"] == c.KATIB_NOT_INSTALLED
-    assert c.KATIB_INSTALL_COMMAND in cond["message"]
-    assert cluster.status("nokatib")["phase"] == "Pending"
-
-    cluster.kubectl("apply", "--server-side", "-f", str(katib_crd_removed))
-    status = wait_for(
-        lambda: (s := cluster.status("nokatib")).get("experiment") and s,
-        "the Experiment once Katib is there",
-        timeout=60,
-    )
-    assert cluster.experiment_names() == [status["experiment"]]
-    healed = cluster.condition("nokatib", c.KATIB_AVAILABLE)
-    assert healed is not None
-    assert healed["status"] == "True"
-
-
-# ---------------------------------------------------------------------------------------------
 # 8. namespace not enabled
 
 
@@ -550,7 +509,7 @@ def test_namespace_without_katib_label_gets_the_exact_label_command_and_no_exper
 
 @pytest.fixture
 def admission_refuses_big_experiments(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
-    """A real admission refusal: a ValidatingAdmissionPolicy on Experiments in this namespace."""
+    """A real admission refusal: a ValidatingAdmissionPolicy on Experiments here, in force."""
     message = f"this cluster runs at most 50 trials per Experiment in {namespace}"
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -585,6 +544,23 @@ def admission_refuses_big_experiments(control_plane: ControlPlane, namespace: st
     }
     control_plane.apply(yaml.safe_dump_all([policy, binding]))
     try:
+        # The policy takes effect asynchronously; prove it refuses before relying on it.
+        probe = expand(
+            parse_tuning(
+                {
+                    **tuning_manifest("probe", max_trials=60),
+                    "metadata": {"name": "probe", "namespace": namespace},
+                }
+            )
+        )
+
+        def refuses() -> bool:
+            result = control_plane.run_kubectl(
+                "create", "--dry-run=server", "-f", "-", input_text=json.dumps(probe), check=False
+            )
+            return message in result.stderr
+
+        wait_for(refuses, "the admission policy to take effect", timeout=120)
         yield message
     finally:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
@@ -595,23 +571,6 @@ def test_refused_experiment_shows_the_server_message_and_stays_failed_until_the_
     cluster: Cluster, admission_refuses_big_experiments: str, operator: Operator
 ) -> None:
     message = admission_refuses_big_experiments
-    # The policy takes effect asynchronously; prove it refuses before relying on it.
-    probe = expand(
-        parse_tuning(
-            {
-                **tuning_manifest("probe", max_trials=60),
-                "metadata": {"name": "probe", "namespace": cluster.ns},
-            }
-        )
-    )
-
-    def refuses() -> bool:
-        result = cluster.plane.run_kubectl(
-            "create", "--dry-run=server", "-f", "-", input_text=json.dumps(probe), check=False
-        )
-        return message in result.stderr
-
-    wait_for(refuses, "the admission policy to take effect")
     cluster.apply(tuning_manifest("big", max_trials=60))
     cond = wait_for(lambda: cluster.condition("big", c.EXPERIMENT_ACCEPTED), "the refusal")
     assert cond["status"] == "False"
@@ -718,3 +677,45 @@ def test_service_account_can_do_only_what_the_operator_needs(
         check=False,
     )
     assert result.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, result.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Katib missing (last: it takes Katib's CRD away, and the garbage collector and admission
+#    policies need a while to learn the re-created one)
+
+
+@pytest.fixture
+def katib_crd_removed(control_plane: ControlPlane) -> Iterator[Path]:
+    """Take Katib's Experiment CRD away for one test; put it back whatever happens."""
+    crd = REPO_ROOT / ".cluster" / "crds" / "katib" / "experiment.yaml"
+    name = yaml.safe_load(crd.read_text())["metadata"]["name"]
+    control_plane.run_kubectl("delete", "crd", name, "--wait=true", "--timeout=60s")
+    try:
+        yield crd
+    finally:
+        control_plane.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        control_plane.run_kubectl(
+            "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s"
+        )
+
+
+def test_katib_missing_is_a_condition_with_the_install_command_and_heals_itself(
+    cluster: Cluster, katib_crd_removed: Path, operator: Operator
+) -> None:
+    cluster.apply(tuning_manifest("nokatib"))
+    cond = wait_for(lambda: cluster.condition("nokatib", c.KATIB_AVAILABLE), "KatibAvailable")
+    assert cond["status"] == "False"
+    assert cond["reason"] == c.KATIB_NOT_INSTALLED
+    assert c.KATIB_INSTALL_COMMAND in cond["message"]
+    assert cluster.status("nokatib")["phase"] == "Pending"
+
+    cluster.kubectl("apply", "--server-side", "-f", str(katib_crd_removed))
+    status = wait_for(
+        lambda: (s := cluster.status("nokatib")).get("experiment") and s,
+        "the Experiment once Katib is there",
+        timeout=60,
+    )
+    assert cluster.experiment_names() == [status["experiment"]]
+    healed = cluster.condition("nokatib", c.KATIB_AVAILABLE)
+    assert healed is not None
+    assert healed["status"] == "True"
