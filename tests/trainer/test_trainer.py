@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from mnist_trainer.cli import parse, run
+from mnist_trainer.config import Hyperparameters
 
 # A measured good point: one epoch of SGD at this rate and momentum reaches ~0.98.
 GOOD_POINT = ["--learning-rate=0.05", "--momentum=0.9", "--batch-size=64", "--epochs=1"]
@@ -172,8 +175,6 @@ def test_a_huge_learning_rate_exits_3_without_writing_nan(mnist_root: Path, tmp_
 def test_bad_values_exit_2_naming_the_flag(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mnist_trainer.cli import parse
-
     with pytest.raises(SystemExit) as exited:
         parse([f"{flag}={value}"])
     assert exited.value.code == 2
@@ -196,3 +197,22 @@ def test_missing_data_says_how_to_get_it_and_downloads_nothing(tmp_path: Path) -
     assert "--download" in result.stderr
     assert "Traceback" not in result.stderr
     assert not empty.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_asking_for_a_missing_gpu_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hp, settings = parse(["--device=cuda", f"--metrics-file={tmp_path / 'm.json'}"])
+    assert run(hp, settings) == 2
+    assert "--device=cuda" in capsys.readouterr().err
+
+
+def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(tmp_path / "env.json"))
+    hp, settings = parse([])
+    assert hp == Hyperparameters()
+    assert settings.metrics_file == tmp_path / "env.json"
+    assert 1 <= settings.threads <= len(os.sched_getaffinity(0))
+    monkeypatch.delenv("CLOUD_ML_HP_METRIC_FILE")
+    assert parse([])[1].metrics_file == Path("/tmp/hypertune/output.metrics")

@@ -49,9 +49,17 @@ class KatibHyperTune(HyperTune):  # type: ignore[misc]  # hypertune ships no typ
     """hypertune's reporter with a full-run queue, ordered timestamps and atomic writes."""
 
     def __init__(self, path: Path) -> None:
-        # hypertune reads its path from the environment and makes the directory itself.
+        # hypertune reads its path from the environment (and makes the directory itself);
+        # the variable is set only while it does, so this process's environment stays as it was.
+        previous = os.environ.get(METRICS_FILE_ENV)
         os.environ[METRICS_FILE_ENV] = str(path)
-        super().__init__()
+        try:
+            super().__init__()
+        finally:
+            if previous is None:
+                del os.environ[METRICS_FILE_ENV]
+            else:
+                os.environ[METRICS_FILE_ENV] = previous
         self.metrics_queue: collections.deque[dict[str, Any]] = collections.deque()
         self._previous: tuple[int, int] | None = None
 
