@@ -60,9 +60,15 @@ def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.O
     return optimizer(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=True)
 
 
-def batches(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index slices of a fresh seeded permutation; the last batch may be smaller."""
-    order = torch.randperm(size, generator=generator)
+def batches(
+    size: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Index slices of a fresh seeded permutation, moved to `device` once per epoch.
+
+    The last batch may be smaller. The permutation is drawn on the CPU so the batch order
+    for a seed is the same on every device.
+    """
+    order = torch.randperm(size, generator=generator).to(device)
     for start in range(0, size, batch_size):
         yield order[start : start + batch_size]
 
@@ -110,10 +116,9 @@ def train(
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         filled = 0
-        for index in batches(len(train_split), hp.batch_size, generator):
-            index_on_device = index.to(device, non_blocking=True)
-            logits = model(train_split.images[index_on_device])
-            loss = F.cross_entropy(logits, train_split.labels[index_on_device])
+        for index in batches(len(train_split), hp.batch_size, generator, device):
+            logits = model(train_split.images[index])
+            loss = F.cross_entropy(logits, train_split.labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from mnist_trainer.config import Hyperparameters
 from mnist_trainer.metrics import MetricsReporter, NonFiniteMetricError, katib_timestamp
+from mnist_trainer.train import DivergedError, _check_window, batches
 
 
 def test_timestamps_are_whole_seconds() -> None:
@@ -56,11 +59,18 @@ def test_a_relative_path_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_divergence_names_the_first_bad_step() -> None:
-    import torch
-    from mnist_trainer.config import Hyperparameters
-    from mnist_trainer.train import DivergedError, _check_window
-
     window = torch.tensor([0.5, 0.4, math.inf, math.nan, 0.3])
     with pytest.raises(DivergedError, match=r"loss is inf at step 103 \(epoch 2\)"):
         _check_window(window, 5, 105, 2, Hyperparameters(learning_rate=7.0))
     assert float(_check_window(window, 2, 2, 1, Hyperparameters())) == pytest.approx(0.9)
+
+
+def test_batches_cover_every_image_once_in_a_seeded_order() -> None:
+    def draw(seed: int) -> list[torch.Tensor]:
+        return list(batches(10, 4, torch.Generator().manual_seed(seed), torch.device("cpu")))
+
+    first = draw(3)
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(torch.cat(first).tolist()) == list(range(10))
+    assert torch.equal(torch.cat(first), torch.cat(draw(3)))
+    assert not torch.equal(torch.cat(first), torch.cat(draw(4)))
