@@ -87,3 +87,10 @@ def test_make_help_lists_every_target_with_one_line() -> None:
     listed = {line.split()[0] for line in plain.splitlines() if line.strip()}
     assert {"venv", "data", "test", "lint", "demo", "cluster", "cluster-down"} <= listed
     assert declared - listed == set(), "every target needs a `## help` comment"
+
+
+def test_test_module_names_are_unique_across_tiers() -> None:
+    # The tiers are plain folders collected in one pytest run: two test modules with one
+    # basename make collection fail with "import file mismatch".
+    names = sorted(path.name for path in (ROOT / "tests").rglob("test_*.py"))
+    assert [name for name in set(names) if names.count(name) > 1] == []
