@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import assume
 from hypothesis import strategies as st
+from mnist_tuning.api.spec import HYPERPARAMETERS
 
 Manifest = dict[str, Any]
 
@@ -26,15 +27,6 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
 }
 INT_BOUNDS: dict[str, tuple[int, int]] = {"batchSize": (1, 4096), "epochs": (1, 100)}
 OPTIMIZERS = ("sgd", "adam", "adamw")
-HYPERPARAMETERS = (
-    "learningRate",
-    "momentum",
-    "batchSize",
-    "epochs",
-    "optimizer",
-    "dropout",
-    "weightDecay",
-)
 
 DNS_LABEL = st.from_regex(r"[a-z]([-a-z0-9]{0,30}[a-z0-9])?", fullmatch=True)
 

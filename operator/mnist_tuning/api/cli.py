@@ -80,16 +80,23 @@ def add_arguments_render(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def render(args: argparse.Namespace) -> int:
-    """Print the Katib Experiment for a MnistTuning file."""
+def _checked(filename: str, namespace: str | None = None) -> MnistTuning | int:
+    """Load a tuning, or print why it cannot be loaded and return the exit code."""
     try:
-        tuning = load_tuning(args.filename, args.namespace)
+        return load_tuning(filename, namespace)
     except InputError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
     except SpecError as exc:
-        _problems(args.filename, exc)
+        _problems(filename, exc)
         return EXIT_INVALID
+
+
+def render(args: argparse.Namespace) -> int:
+    """Print the Katib Experiment for a MnistTuning file."""
+    tuning = _checked(args.filename, args.namespace)
+    if isinstance(tuning, int):
+        return tuning
     options = {"default_image": args.image} if args.image else {}
     sys.stdout.write(to_yaml(expand(tuning, **options)))
     return 0
@@ -104,14 +111,9 @@ def add_arguments_validate(parser: argparse.ArgumentParser) -> None:
 
 def validate(args: argparse.Namespace) -> int:
     """Check a MnistTuning file with the CRD's rules; print every problem with its field path."""
-    try:
-        load_tuning(args.filename)
-    except InputError as exc:
-        print(exc, file=sys.stderr)
-        return exc.exit_code
-    except SpecError as exc:
-        _problems(args.filename, exc)
-        return EXIT_INVALID
+    tuning = _checked(args.filename)
+    if isinstance(tuning, int):
+        return tuning
     print(f"{args.filename}: valid")
     return 0
 
