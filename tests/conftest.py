@@ -1,4 +1,5 @@
-"""Shared fixtures: a real control plane per session, a namespace per test, a Katib stand-in.
+"""Shared fixtures: the MNIST digits, a real control plane per session, a namespace per test,
+a Katib stand-in.
 
 The control plane is etcd + kube-apiserver + kube-controller-manager built by `make binaries`
 (tests/harness/build.sh) and started by tests/harness/launcher.py in a temporary directory, so
@@ -21,6 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 import launcher
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from launcher import ControlPlane
+from mnist_trainer.prepare import prepare
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The repository's data/ folder, written by `make data` (or here, if it is missing)."""
+    root = launcher.REPO_ROOT / "data"
+    prepare(root)
+    return root
 
 
 def crd_files() -> list[Path]:

@@ -7,17 +7,6 @@ from typing import Any
 
 import pytest
 from local_runs import RunCli, cli_command
-from mnist_trainer.prepare import prepare
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def mnist_root() -> Path:
-    """The repository's data/ folder, written by `make data` (or here, if it is missing)."""
-    root = REPO / "data"
-    prepare(root)
-    return root
 
 
 @pytest.fixture
