@@ -123,17 +123,19 @@ class Rule:
         return cel
 
 
+# camelCase on the wire, snake_case in Python, both accepted on input.
+_CAMEL_CASE = ConfigDict(
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+
+
 class _Model(BaseModel):
     """Shared settings: camelCase on the wire, unknown keys refused, rules checked after fields."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(**_CAMEL_CASE, extra="forbid", frozen=True)
     rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")
@@ -609,12 +611,7 @@ MAX_STRING = 32768
 class _StatusModel(BaseModel):
     """Status models: camelCase on the wire, None left out, lenient about extra keys."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = _CAMEL_CASE
 
 
 class Condition(_StatusModel):
