@@ -213,6 +213,6 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     hp, settings = parse([])
     assert hp == Hyperparameters()
     assert settings.metrics_file == tmp_path / "env.json"
-    assert 1 <= settings.threads <= len(os.sched_getaffinity(0))
+    assert settings.threads in range(1, len(os.sched_getaffinity(0)) + 1)
     monkeypatch.delenv("CLOUD_ML_HP_METRIC_FILE")
     assert parse([])[1].metrics_file == Path("/tmp/hypertune/output.metrics")
