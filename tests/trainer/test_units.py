@@ -3,12 +3,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812  # the conventional name
 from mnist_trainer.config import Hyperparameters
 from mnist_trainer.metrics import MetricsReporter, NonFiniteMetricError, katib_timestamp
+from mnist_trainer.model import LeNet
 from mnist_trainer.train import DivergedError, _check_window, batches
 
 
@@ -74,3 +77,28 @@ def test_batches_cover_every_image_once_in_a_seeded_order() -> None:
     assert sorted(torch.cat(first).tolist()) == list(range(10))
     assert torch.equal(torch.cat(first), torch.cat(draw(3)))
     assert not torch.equal(torch.cat(first), torch.cat(draw(4)))
+
+
+def test_pooling_before_relu_matches_the_classic_order() -> None:
+    torch.manual_seed(0)
+    model = LeNet()
+    images = torch.randn(8, 1, 28, 28)
+    labels = torch.randint(0, 10, (8,))
+
+    def classic(x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(model.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(model.conv2(x)), 2)
+        return model.fc2(F.relu(model.fc1(torch.flatten(x, 1))))  # type: ignore[no-any-return]
+
+    def outputs_and_gradients(
+        forward: Callable[[torch.Tensor], torch.Tensor],
+    ) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        logits = forward(images)
+        F.cross_entropy(logits, labels).backward()  # type: ignore[no-untyped-call]
+        return [logits.detach(), *(p.grad for p in model.parameters() if p.grad is not None)]
+
+    ours, reference = outputs_and_gradients(model), outputs_and_gradients(classic)
+    assert len(ours) == len(reference) == 9
+    for mine, theirs in zip(ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
