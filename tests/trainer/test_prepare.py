@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision
+from mnist_trainer.data import MissingDataError, load_digits, read_idx
 from mnist_trainer.prepare import OUTPUTS, PrepareError, idx_bytes, outputs_ok, raw_dir, to_bytes
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -85,3 +87,34 @@ def test_an_unreachable_index_gives_a_clear_error(tmp_path: Path) -> None:
     assert "PIP_INDEX_URL" in result.stderr
     assert "Traceback" not in result.stderr
     assert not raw_dir(tmp_path).exists()
+
+
+def test_the_trainer_reads_exactly_what_torchvision_reads(mnist_root: Path) -> None:
+    digits = load_digits(mnist_root, torch.device("cpu"), download=False)
+    train = torchvision.datasets.MNIST(root=mnist_root, train=True, download=False)
+    test = torchvision.datasets.MNIST(root=mnist_root, train=False, download=False)
+    raw = raw_dir(mnist_root)
+    assert torch.equal(read_idx(raw / "train-images-idx3-ubyte", (60000, 28, 28)), train.data)
+    assert torch.equal(read_idx(raw / "train-labels-idx1-ubyte", (60000,)), train.targets)
+    assert torch.equal(read_idx(raw / "t10k-images-idx3-ubyte", (10000, 28, 28)), test.data)
+    assert torch.equal(read_idx(raw / "t10k-labels-idx1-ubyte", (10000,)), test.targets)
+    # The splits: first 50,000 train, last 10,000 validate, the test set apart.
+    assert torch.equal(digits.train.labels, train.targets[:50000])
+    assert torch.equal(digits.validation.labels, train.targets[50000:])
+    assert torch.equal(digits.test.labels, test.targets)
+    # Normalised with the training images' own statistics.
+    assert abs(float(digits.train.images.mean())) < 1e-4
+    assert float(digits.train.images.std()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_a_damaged_file_is_named_with_the_fix(
+    mnist_root: Path, tmp_path: Path, damage: str
+) -> None:
+    copy = raw_dir(tmp_path)
+    shutil.copytree(raw_dir(mnist_root), copy)
+    target = copy / "t10k-labels-idx1-ubyte"
+    payload = target.read_bytes()
+    target.write_bytes(payload[:-1] if damage == "truncate" else b"\0\0\x08\x03" + payload[4:])
+    with pytest.raises(MissingDataError, match=r"t10k-labels-idx1-ubyte .*make data"):
+        load_digits(tmp_path, torch.device("cpu"), download=False)

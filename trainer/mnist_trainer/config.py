@@ -43,6 +43,8 @@ WEIGHT_DECAY_MAX: Final = 1.0
 # MNIST's 60,000 training images: the first 50,000 train, the last 10,000 validate.
 TRAIN_SIZE: Final = 50_000
 VALIDATION_SIZE: Final = 10_000
+# MNIST's separate test set, scored once at the end of a trial.
+TEST_SIZE: Final = 10_000
 
 # Where hypertune writes when neither --metrics-file nor the environment says otherwise.
 METRICS_FILE_ENV: Final = "CLOUD_ML_HP_METRIC_FILE"

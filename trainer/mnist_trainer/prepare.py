@@ -136,11 +136,15 @@ def decode(archive: bytes) -> tuple[Split, Split]:
     return training, testing
 
 
+def idx_header(shape: tuple[int, ...]) -> bytes:
+    """Build the idx header of a uint8 MNIST file: magic number, then dimensions, big-endian."""
+    magic = _IMAGE_MAGIC if len(shape) == 3 else _LABEL_MAGIC
+    return np.array([magic, *shape], dtype=">u4").tobytes()
+
+
 def idx_bytes(array: npt.NDArray[np.uint8]) -> bytes:
     """Encode uint8 images or labels in the idx format MNIST is distributed in."""
-    magic = _IMAGE_MAGIC if array.ndim == 3 else _LABEL_MAGIC
-    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-    return header + np.ascontiguousarray(array).tobytes()
+    return idx_header(array.shape) + np.ascontiguousarray(array).tobytes()
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
