@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: N812  # the conventional name
 from mnist_trainer.config import Hyperparameters
 from mnist_trainer.metrics import MetricsReporter, NonFiniteMetricError, katib_timestamp
 from mnist_trainer.model import LeNet
-from mnist_trainer.train import DivergedError, _check_window, batches
+from mnist_trainer.train import DivergedError, _check_window, batches, make_optimizer
 
 
 def test_timestamps_are_whole_seconds() -> None:
@@ -102,3 +102,41 @@ def test_pooling_before_relu_matches_the_classic_order() -> None:
     assert len(ours) == len(reference) == 9
     for mine, theirs in zip(ours, reference, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "momentum", "weight_decay"),
+    [
+        ("sgd", 0.0, 0.0),
+        ("sgd", 0.9, 0.0),
+        ("sgd", 0.5, 0.01),
+        ("adam", 0.0, 0.0),
+        ("adam", 0.0, 0.01),
+        ("adamw", 0.0, 0.05),
+    ],
+)
+def test_optimizers_step_exactly_like_torch_optim(
+    name: str, momentum: float, weight_decay: float
+) -> None:
+    hp = Hyperparameters(
+        learning_rate=0.05, momentum=momentum, optimizer=name, weight_decay=weight_decay
+    )
+    torch.manual_seed(0)
+    ours, theirs = LeNet(), LeNet()
+    theirs.load_state_dict(ours.state_dict())
+    reference: torch.optim.Optimizer = {
+        "sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=momentum, weight_decay=weight_decay),
+        "adam": lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=weight_decay),
+        "adamw": lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=weight_decay),
+    }[name](theirs.parameters())
+    optimizer = make_optimizer(ours, hp)
+    initial = [p.detach().clone() for p in ours.parameters()]
+    for _ in range(4):
+        images, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        for model, step in ((ours, optimizer), (theirs, reference)):
+            step.zero_grad()
+            F.cross_entropy(model(images), labels).backward()  # type: ignore[no-untyped-call]
+            step.step()
+    assert all(not torch.equal(p, q) for p, q in zip(ours.parameters(), initial, strict=True))
+    for mine, expected in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-6)

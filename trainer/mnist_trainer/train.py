@@ -13,6 +13,7 @@ import torch.nn.functional as F  # noqa: N812  # the conventional name
 from mnist_trainer.config import Hyperparameters
 from mnist_trainer.data import Split
 from mnist_trainer.model import LeNet
+from mnist_trainer.optim import SGD, Adam, Optimizer
 
 # Losses stay on the device and are checked for NaN/inf every this many steps, so a GPU
 # is not stalled by a host round trip per step; the first bad step is still named exactly.
@@ -44,20 +45,17 @@ class EpochResult:
     seconds: float  # training only, without the validation pass
 
 
-def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> Optimizer:
     """SGD uses momentum; Adam and AdamW keep their standard betas and ignore it."""
     params = model.parameters()
-    # The fused kernels update all parameters in one call: fewer, larger operations per step.
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=hp.learning_rate,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-            fused=True,
-        )
-    optimizer = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-    return optimizer(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=True)
+        return SGD(params, lr=hp.learning_rate, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    return Adam(
+        params,
+        lr=hp.learning_rate,
+        weight_decay=hp.weight_decay,
+        decoupled=hp.optimizer == "adamw",
+    )
 
 
 def batches(
@@ -119,7 +117,7 @@ def train(
         for index in batches(len(train_split), hp.batch_size, generator, device):
             logits = model(train_split.images[index])
             loss = F.cross_entropy(logits, train_split.labels[index])
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             window[filled] = loss.detach()
