@@ -61,14 +61,14 @@ class SGD(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if self.weight_decay:
-                grad = grad.add(param, alpha=self.weight_decay)
+            if self.weight_decay:  # in place: the gradient is dropped after the step
+                grad.add_(param, alpha=self.weight_decay)
             if self.momentum:
                 velocity = self.velocity[index]
                 if velocity is None:
                     velocity = self.velocity[index] = grad.clone()
-                else:
-                    velocity.mul_(self.momentum).add_(grad)
+                else:  # one pass over memory instead of mul_ then add_
+                    torch.add(grad, velocity, alpha=self.momentum, out=velocity)
                 grad = velocity
             param.add_(grad, alpha=-self.lr)
 
