@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +21,11 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
 
+def _interval(low: float, high: float, *, low_open: bool, high_open: bool) -> str:
+    """Write a range the mathematical way: (0, 10], [0, 1)."""
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
 def _number(
     kind: Callable[[str], float],
     low: float,
@@ -29,8 +35,7 @@ def _number(
     high_open: bool = False,
 ) -> Callable[[str], float]:
     """Make an argparse type for finite numbers in a range; argparse names the flag."""
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-    interval = f"{left}{low:g}, {high:g}{right}"
+    interval = _interval(low, high, low_open=low_open, high_open=high_open)
 
     def parse(text: str) -> float:
         try:
@@ -54,6 +59,25 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
     return lambda text: int(check(text))
 
 
+def _ranged(
+    kind: type[float] | type[int],
+    low: float,
+    high: float,
+    default: float,
+    *,
+    about: str = "",
+    low_open: bool = False,
+    high_open: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments for a numeric flag whose help states the very range it enforces."""
+    if kind is int:
+        parse: Callable[[str], float] = _integer(int(low), int(high))
+    else:
+        parse = _number(float, low, high, low_open=low_open, high_open=high_open)
+    interval = _interval(low, high, low_open=low_open, high_open=high_open)
+    return {"type": parse, "default": default, "help": f"{about}in {interval} (default {default})"}
+
+
 def _seed(text: str) -> int:
     """Any non-negative integer torch accepts as a seed."""
     return _integer(0, 2**63 - 1)(text)
@@ -68,30 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     hp = parser.add_argument_group("hyperparameters (what a tuning searches)")
     hp.add_argument(
         "--learning-rate",
-        type=_number(
-            float, config.LEARNING_RATE_EXCLUSIVE_MIN, config.LEARNING_RATE_MAX, low_open=True
+        **_ranged(
+            float,
+            config.LEARNING_RATE_EXCLUSIVE_MIN,
+            config.LEARNING_RATE_MAX,
+            config.DEFAULT_LEARNING_RATE,
+            low_open=True,
         ),
-        default=config.DEFAULT_LEARNING_RATE,
-        help=f"in (0, {config.LEARNING_RATE_MAX:g}] (default {config.DEFAULT_LEARNING_RATE})",
     )
     hp.add_argument(
         "--momentum",
-        type=_number(float, config.MOMENTUM_MIN, config.MOMENTUM_EXCLUSIVE_MAX, high_open=True),
-        default=config.DEFAULT_MOMENTUM,
-        help=f"SGD momentum in [0, 1); Adam/AdamW ignore it (default {config.DEFAULT_MOMENTUM})",
+        **_ranged(
+            float,
+            config.MOMENTUM_MIN,
+            config.MOMENTUM_EXCLUSIVE_MAX,
+            config.DEFAULT_MOMENTUM,
+            about="SGD momentum (Adam/AdamW ignore it), ",
+            high_open=True,
+        ),
     )
     hp.add_argument(
         "--batch-size",
-        type=_integer(config.BATCH_SIZE_MIN, config.BATCH_SIZE_MAX),
-        default=config.DEFAULT_BATCH_SIZE,
-        help=f"in [{config.BATCH_SIZE_MIN}, {config.BATCH_SIZE_MAX}] "
-        f"(default {config.DEFAULT_BATCH_SIZE})",
+        **_ranged(int, config.BATCH_SIZE_MIN, config.BATCH_SIZE_MAX, config.DEFAULT_BATCH_SIZE),
     )
     hp.add_argument(
-        "--epochs",
-        type=_integer(config.EPOCHS_MIN, config.EPOCHS_MAX),
-        default=config.DEFAULT_EPOCHS,
-        help=f"in [{config.EPOCHS_MIN}, {config.EPOCHS_MAX}] (default {config.DEFAULT_EPOCHS})",
+        "--epochs", **_ranged(int, config.EPOCHS_MIN, config.EPOCHS_MAX, config.DEFAULT_EPOCHS)
     )
     hp.add_argument(
         "--optimizer",
@@ -101,15 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hp.add_argument(
         "--dropout",
-        type=_number(float, config.DROPOUT_MIN, config.DROPOUT_EXCLUSIVE_MAX, high_open=True),
-        default=config.DEFAULT_DROPOUT,
-        help=f"before the last layer, in [0, 1) (default {config.DEFAULT_DROPOUT})",
+        **_ranged(
+            float,
+            config.DROPOUT_MIN,
+            config.DROPOUT_EXCLUSIVE_MAX,
+            config.DEFAULT_DROPOUT,
+            about="before the last layer, ",
+            high_open=True,
+        ),
     )
     hp.add_argument(
         "--weight-decay",
-        type=_number(float, config.WEIGHT_DECAY_MIN, config.WEIGHT_DECAY_MAX),
-        default=config.DEFAULT_WEIGHT_DECAY,
-        help=f"in [0, {config.WEIGHT_DECAY_MAX:g}] (default {config.DEFAULT_WEIGHT_DECAY})",
+        **_ranged(
+            float, config.WEIGHT_DECAY_MIN, config.WEIGHT_DECAY_MAX, config.DEFAULT_WEIGHT_DECAY
+        ),
     )
     run = parser.add_argument_group("run settings")
     run.add_argument(
