@@ -121,8 +121,13 @@ def threads_per_trial(cpus: int, parallel: int) -> int:
 
 
 def available_cpus() -> int:
-    """Cores this process may use (respects taskset/cgroup affinity)."""
-    return len(os.sched_getaffinity(0))
+    """Cores this process may use: the trainer's own rule (affinity, capped by a CPU quota).
+
+    Imported here, not at the top: a missing trainer is reported by the CLI's own check.
+    """
+    from mnist_trainer.config import available_cpus as trainer_cpus
+
+    return trainer_cpus()
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
@@ -268,9 +273,10 @@ class Engine:
         folder.mkdir(parents=True, exist_ok=True)
         metrics_file = folder / METRICS_FILE
         metrics_file.unlink(missing_ok=True)
+        assigned = assignments(self.searched, trial.params)
         process = trial_process(
             self.experiment,
-            assignments(self.searched, trial.params),
+            assigned,
             python=self.python,
             data_dir=self.data_dir,
             metrics_file=metrics_file,
@@ -293,7 +299,7 @@ class Engine:
             number=trial.number,
             name=name,
             state="Running",
-            assignments=assignments(self.searched, trial.params),
+            assignments=assigned,
             start=now(),
         )
         deadline = time.monotonic() + self.deadline_seconds if self.deadline_seconds else None
@@ -321,7 +327,6 @@ class Engine:
         except MetricsFileError as exc:
             metrics, unreadable = {}, f"metrics file unreadable: {exc}"
         value = katib.metric_value(metrics, self.experiment)
-        lines = tail(running.metrics_file.parent / OUTPUT_FILE)
         state: katib.TrialState
         if killed is not None:
             state, message = "Killed", killed
@@ -337,7 +342,7 @@ class Engine:
         else:
             state, message = "Succeeded", ""
         if state in ("Failed", "MetricsUnavailable"):
-            self.tails[running.record.name] = lines
+            self.tails[running.record.name] = tail(running.metrics_file.parent / OUTPUT_FILE)
         record = replace(running.record, state=state, metrics=metrics, message=message, end=now())
         trial = running.trial
         trial.set_user_attr(STATE, state)
@@ -450,13 +455,15 @@ class Engine:
 
     def write_status(self, study: optuna.Study, verdict: Verdict | None) -> MnistTuningStatus:
         """Write DIR/status.yaml through summarize(): the operator's status, from local trials."""
-        attrs = study.user_attrs
+        attrs = study.user_attrs  # one query: each access reads the study's database
         started = datetime.fromisoformat(attrs[STARTED])
-        if verdict is not None and not attrs.get(COMPLETED):
-            study.set_user_attr(COMPLETED, now().isoformat())
-        elif verdict is None and attrs.get(COMPLETED):
-            study.set_user_attr(COMPLETED, None)  # a larger budget reopened the run
-        completed = study.user_attrs.get(COMPLETED)
+        completed = attrs.get(COMPLETED)
+        if verdict is not None and not completed:
+            completed = now().isoformat()
+            study.set_user_attr(COMPLETED, completed)
+        elif verdict is None and completed:
+            completed = None
+            study.set_user_attr(COMPLETED, completed)  # a larger budget reopened the run
         status_of = katib.experiment_status(
             self.experiment,
             self.records(),
