@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,34 +25,23 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "deploy" / "samples" / "seed-random.yaml"
+sys.path.insert(0, str(REPO / "tests" / "local"))
+
+from local_runs import cli_command, load_status  # noqa: E402  # the tests' own CLI helpers
+from mnist_tuning.local.engine import available_cpus  # noqa: E402
 
 
 def run_once(manifest: dict[str, Any], parallel: int, data_dir: Path, root: Path) -> dict[str, Any]:
     spec = copy.deepcopy(manifest)
-    budget = spec["spec"]["budget"]
-    budget["parallelTrials"] = parallel
-    spec_file = root / f"parallel-{parallel}.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
+    spec["spec"]["budget"]["parallelTrials"] = parallel
     workdir = root / f"parallel-{parallel}"
-    command = [
-        sys.executable,
-        "-m",
-        "mnist_tuning.cli",
-        "run",
-        "-f",
-        str(spec_file),
-        "--workdir",
-        str(workdir),
-        "--data-dir",
-        str(data_dir),
-    ]
+    command = cli_command(spec, workdir, data_dir, train_limit=None)
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"run with parallelTrials={parallel} failed:\n{result.stdout}\n{result.stderr}")
-    status: dict[str, Any] = yaml.safe_load((workdir / "status.yaml").read_text())
-    return {"seconds": seconds, "status": status}
+    return {"seconds": seconds, "status": load_status(workdir)}
 
 
 def main() -> int:
@@ -68,7 +56,7 @@ def main() -> int:
     if args.max_trials:
         budget["maxTrials"] = args.max_trials
         budget["maxFailedTrials"] = min(budget["maxFailedTrials"], args.max_trials)
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cpus()  # what the engine splits between parallel trials
     print(
         f"{SAMPLE.relative_to(REPO)}: {budget['maxTrials']} trials, objective "
         f"{manifest['spec']['objective']['metric']}, {cores} cores"

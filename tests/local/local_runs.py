@@ -34,10 +34,19 @@ def tuning(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def cli_command(manifest: dict[str, Any], workdir: Path, data_dir: Path) -> list[str]:
+def cli_command(
+    manifest: dict[str, Any],
+    workdir: Path,
+    data_dir: Path,
+    train_limit: int | None = TRAIN_LIMIT,
+) -> list[str]:
+    """Write the manifest next to `workdir` and return `mnist-tuning run` on it.
+
+    Trials train on `train_limit` images; None trains on all of them.
+    """
     spec_file = workdir.parent / f"{workdir.name}.yaml"
     spec_file.write_text(yaml.safe_dump(manifest))
-    return [
+    command = [
         sys.executable,
         "-m",
         "mnist_tuning.cli",
@@ -48,8 +57,10 @@ def cli_command(manifest: dict[str, Any], workdir: Path, data_dir: Path) -> list
         str(workdir),
         "--data-dir",
         str(data_dir),
-        f"--trainer-arg=--train-limit={TRAIN_LIMIT}",
     ]
+    if train_limit is not None:
+        command.append(f"--trainer-arg=--train-limit={train_limit}")
+    return command
 
 
 def load_status(workdir: Path) -> dict[str, Any]:
