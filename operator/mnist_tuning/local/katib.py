@@ -112,13 +112,18 @@ def metric_value(
     return value
 
 
+def scored_value(record: TrialRecord, experiment: Mapping[str, Any]) -> float | None:
+    """Return the objective value a trial is judged by: only succeeded trials have one."""
+    return metric_value(record.metrics, experiment) if record.state == "Succeeded" else None
+
+
 def best_trial(records: Sequence[TrialRecord], experiment: Mapping[str, Any]) -> TrialRecord | None:
     """Pick the best succeeded trial; strict improvement wins, ties keep the earlier one."""
     objective = objective_of(experiment)
     best: TrialRecord | None = None
     best_value: float | None = None
     for record in sorted(records, key=lambda r: r.number):
-        value = metric_value(record.metrics, experiment) if record.state == "Succeeded" else None
+        value = scored_value(record, experiment)
         if value is not None and is_better(value, best_value, objective):
             best, best_value = record, value
     return best
@@ -132,13 +137,16 @@ def count(records: Sequence[TrialRecord], *states: TrialState) -> int:
 def verdict(records: Sequence[TrialRecord], experiment: Mapping[str, Any]) -> Verdict | None:
     """Apply Katib's order of checks: goal, then max failed, then max trials; None = go on."""
     spec = experiment["spec"]
-    goal = spec["objective"].get("goal")
+    objective = objective_of(experiment)
     best = best_trial(records, experiment)
-    if goal is not None and best is not None:
-        value = metric_value(best.metrics, experiment)
-        maximize = spec["objective"]["type"] == "maximize"
-        if value is not None and (value >= goal if maximize else value <= goal):
-            return GOAL_REACHED
+    value = None if best is None else scored_value(best, experiment)
+    goal = objective.goal
+    if (
+        goal is not None
+        and value is not None
+        and (value >= goal if objective.maximize else value <= goal)
+    ):
+        return GOAL_REACHED
     failed = count(records, "Failed", "MetricsUnavailable")
     if failed > 0 and failed >= int(spec["maxFailedTrialCount"]):
         return MAX_FAILED_REACHED

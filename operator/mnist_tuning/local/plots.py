@@ -19,7 +19,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mnist_tuning.local.katib import TrialRecord, best_trial, metric_value
+from mnist_tuning.api.summarize import is_better
+from mnist_tuning.local.katib import TrialRecord, best_trial, objective_of, scored_value
 
 PARALLEL_FILE = "parallel-coordinates.png"
 OBJECTIVE_FILE = "objective-per-trial.png"
@@ -72,18 +73,14 @@ def axes_of(experiment: Mapping[str, Any]) -> list[Axis]:
     return axes
 
 
-def _objective(experiment: Mapping[str, Any]) -> tuple[str, bool]:
-    objective = experiment["spec"]["objective"]
-    return str(objective["objectiveMetricName"]), objective["type"] == "maximize"
-
-
 def plot_parallel(
     records: Sequence[TrialRecord], experiment: Mapping[str, Any], path: Path
 ) -> None:
     """Draw parameters → objective as parallel coordinates; failed trials in grey."""
-    metric, maximize = _objective(experiment)
+    objective = objective_of(experiment)
+    metric, maximize = objective.metric, objective.maximize
     axes = axes_of(experiment)
-    scored = [(r, metric_value(r.metrics, experiment)) for r in records]
+    scored = [(r, scored_value(r, experiment)) for r in records]
     values = [v for _, v in scored if v is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     objective_axis = Axis(metric, False, low, high if high > low else low + 1e-9)
@@ -154,22 +151,23 @@ def plot_objective(
     records: Sequence[TrialRecord], experiment: Mapping[str, Any], path: Path
 ) -> None:
     """Draw each trial's objective value in order, the best so far, the goal, and failures."""
-    metric, maximize = _objective(experiment)
-    goal = experiment["spec"]["objective"].get("goal")
+    objective = objective_of(experiment)
+    metric, maximize, goal = objective.metric, objective.maximize, objective.goal
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.add_subplot()
-    points = [(r.number, metric_value(r.metrics, experiment), r) for r in records]
-    scored = [(n, v) for n, v, r in points if v is not None and r.state == "Succeeded"]
+    points = [(r.number, scored_value(r, experiment)) for r in records]
+    scored = [(n, v) for n, v in points if v is not None]
     if scored:
         ax.scatter(*zip(*scored, strict=True), color="tab:blue", zorder=3, label="trial")
         best_so_far: list[tuple[int, float]] = []
+        best: float | None = None
         for number, value in scored:
-            if not best_so_far or _rank(value, maximize) > _rank(best_so_far[-1][1], maximize):
-                best_so_far.append((number, value))
-            else:
-                best_so_far.append((number, best_so_far[-1][1]))
+            if is_better(value, best, objective):
+                best = value
+            if best is not None:
+                best_so_far.append((number, best))
         ax.step(*zip(*best_so_far, strict=True), where="post", color="crimson", label="best so far")
-    failed = [n for n, _, r in points if r.state in ("Failed", "MetricsUnavailable")]
+    failed = [r.number for r in records if r.state in ("Failed", "MetricsUnavailable")]
     if failed:
         for number in failed:
             ax.axvline(number, color="0.75", linestyle=":", zorder=1)
