@@ -80,7 +80,7 @@ def add_arguments_render(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _checked(filename: str, namespace: str | None = None) -> MnistTuning | int:
+def checked_tuning(filename: str, namespace: str | None = None) -> MnistTuning | int:
     """Load a tuning, or print why it cannot be loaded and return the exit code."""
     try:
         return load_tuning(filename, namespace)
@@ -94,7 +94,7 @@ def _checked(filename: str, namespace: str | None = None) -> MnistTuning | int:
 
 def render(args: argparse.Namespace) -> int:
     """Print the Katib Experiment for a MnistTuning file."""
-    tuning = _checked(args.filename, args.namespace)
+    tuning = checked_tuning(args.filename, args.namespace)
     if isinstance(tuning, int):
         return tuning
     options = {"default_image": args.image} if args.image else {}
@@ -111,7 +111,7 @@ def add_arguments_validate(parser: argparse.ArgumentParser) -> None:
 
 def validate(args: argparse.Namespace) -> int:
     """Check a MnistTuning file with the CRD's rules; print every problem with its field path."""
-    tuning = _checked(args.filename)
+    tuning = checked_tuning(args.filename)
     if isinstance(tuning, int):
         return tuning
     print(f"{args.filename}: valid")

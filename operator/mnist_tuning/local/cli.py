@@ -13,9 +13,8 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from mnist_tuning.api.cli import InputError, load_tuning
+from mnist_tuning.api.cli import checked_tuning
 from mnist_tuning.api.expand import expand
-from mnist_tuning.api.spec import SpecError
 from mnist_tuning.local.engine import (
     STATUS_FILE,
     STUDY_FILE,
@@ -92,15 +91,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        tuning = load_tuning(args.filename)
-    except InputError as exc:
-        errors.print(str(exc), markup=False)
-        return exc.exit_code
-    except SpecError as exc:
-        for problem in exc.problems:
-            errors.print(f"{args.filename}: {problem.path}: {problem.message}", markup=False)
-        return EXIT_FAILED
+    tuning = checked_tuning(args.filename)
+    if isinstance(tuning, int):
+        return tuning
     workdir: Path = args.workdir or DEFAULT_WORKDIR_ROOT / tuning.metadata.name
     experiment = expand(tuning)
     try:
