@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import assume
 from hypothesis import strategies as st
-from mnist_tuning.api.spec import HYPERPARAMETERS
+from mnist_tuning.api.spec import HYPERPARAMETERS, OPTIMIZERS
 
 Manifest = dict[str, Any]
 
@@ -26,7 +26,6 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "weightDecay": (0.0, 1.0, True, True),
 }
 INT_BOUNDS: dict[str, tuple[int, int]] = {"batchSize": (1, 4096), "epochs": (1, 100)}
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 DNS_LABEL = st.from_regex(r"[a-z]([-a-z0-9]{0,30}[a-z0-9])?", fullmatch=True)
 
@@ -179,12 +178,13 @@ class Invalid:
     what: str
 
 
-def _ranges(manifest: Manifest, kind: str) -> list[str]:
-    return [
-        name
-        for name, value in manifest["spec"]["search"].items()
-        if "min" in value and (name in INT_BOUNDS) == (kind == "int")
-    ]
+def _ranged_name(manifest: Manifest, draw: st.DrawFn) -> str | None:
+    """Draw one parameter searched over a range (floats listed first); None when there is none."""
+    ranged = sorted(
+        (name for name, value in manifest["spec"]["search"].items() if "min" in value),
+        key=lambda name: name in INT_BOUNDS,
+    )
+    return draw(st.sampled_from(ranged)) if ranged else None
 
 
 def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
@@ -203,10 +203,9 @@ def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
         spec.pop("fixed", None)
         return Invalid(manifest, "search", how)
     if how == "min not below max":
-        ranged = _ranges(manifest, "float") + _ranges(manifest, "int")
-        if not ranged:
+        name = _ranged_name(manifest, draw)
+        if name is None:
             return None
-        name = draw(st.sampled_from(ranged))
         search[name]["min"], search[name]["max"] = search[name]["max"], search[name]["min"]
         if draw(st.booleans()):
             search[name]["min"] = search[name]["max"]
@@ -218,10 +217,9 @@ def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
         spec.get("fixed", {}).pop(name, None)
         return Invalid(manifest, name, how)
     if how == "step not positive":
-        ranged = _ranges(manifest, "float") + _ranges(manifest, "int")
-        if not ranged:
+        name = _ranged_name(manifest, draw)
+        if name is None:
             return None
-        name = draw(st.sampled_from(ranged))
         search[name]["step"] = draw(st.sampled_from([0, -1]))
         return Invalid(manifest, f"{name}.step", how)
     if how == "empty values":
@@ -234,10 +232,9 @@ def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
         search[name] = {"values": [value, value]}
         return Invalid(manifest, name, how)
     if how == "values and range together":
-        ranged = _ranges(manifest, "float") + _ranges(manifest, "int")
-        if not ranged:
+        name = _ranged_name(manifest, draw)
+        if name is None:
             return None
-        name = draw(st.sampled_from(ranged))
         search[name]["values"] = [search[name]["min"]]
         return Invalid(manifest, name, how)
     if how == "searched and fixed":
