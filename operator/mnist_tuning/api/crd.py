@@ -69,25 +69,6 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-# JSON Schema keywords that carry over to OpenAPI v3 unchanged.
-_PASSTHROUGH = {
-    "type",
-    "description",
-    "enum",
-    "minimum",
-    "maximum",
-    "minLength",
-    "maxLength",
-    "pattern",
-    "minItems",
-    "maxItems",
-    "minProperties",
-    "maxProperties",
-    "required",
-    "x-kubernetes-int-or-string",
-    "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys",
-}
 # The order keys are written in, so the YAML reads top-down: what, constraints, children, rules.
 _ORDER = (
     "description",
@@ -115,6 +96,21 @@ _ORDER = (
     "items",
     "x-kubernetes-validations",
 )
+# Keys to_openapi() builds itself; every other key of _ORDER carries over from JSON Schema
+# to OpenAPI v3 unchanged.
+_COMPUTED = frozenset(
+    {
+        "default",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "anyOf",
+        "properties",
+        "additionalProperties",
+        "items",
+        "x-kubernetes-validations",
+    }
+)
+_PASSTHROUGH = frozenset(_ORDER) - _COMPUTED
 
 
 def _inline(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
