@@ -138,8 +138,7 @@ def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
         "objectiveMetricName": spec.objective.metric,
         "additionalMetricNames": [other],
         "metricStrategies": [
-            {"name": spec.objective.metric, "value": "max" if spec.objective.maximize else "min"},
-            {"name": other, "value": "min" if spec.objective.maximize else "max"},
+            {"name": name, "value": value} for name, value in spec.objective.strategies.items()
         ],
     }
     if spec.objective.goal is not None:

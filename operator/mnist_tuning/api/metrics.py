@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -31,12 +32,13 @@ class MetricSummary(BaseModel):
     latest: float
 
 
-def _number(value: object) -> float | None:
-    if not isinstance(value, str):
+def to_number(value: Any) -> float | None:
+    """Parse Katib's string (or number) to a finite float; None for "unavailable", "", "nan"."""
+    if isinstance(value, bool) or value is None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
 
@@ -61,7 +63,7 @@ def parse_metrics(
                 wanted is not None and key not in wanted
             ):
                 continue
-            value = _number(raw)
+            value = to_number(raw) if isinstance(raw, str) else None  # hypertune writes strings
             if value is not None:
                 seen.setdefault(key, []).append(value)
     return {

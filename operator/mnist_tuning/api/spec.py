@@ -348,6 +348,12 @@ class Objective(_Model):
         """The metric reported alongside the objective."""
         return "loss" if self.metric == "accuracy" else "accuracy"
 
+    @property
+    def strategies(self) -> dict[str, str]:
+        """Katib's metricStrategies: each metric's best value, objective first."""
+        best, worst = ("max", "min") if self.maximize else ("min", "max")
+        return {self.metric: best, self.other_metric: worst}
+
 
 class Algorithm(_Model):
     """How trials are chosen."""
@@ -687,7 +693,7 @@ class BestTrial(_StatusModel):
         """Describe the flat wire form, with hyperparameters typed as the spec types them."""
         hyperparameters = {
             name: {
-                "type": _STATUS_TYPES[name],
+                "type": HYPERPARAMETER_TYPES[name],
                 "description": f"{name} of the best trial.",
             }
             for name in HYPERPARAMETERS
@@ -713,7 +719,8 @@ class BestTrial(_StatusModel):
         }
 
 
-_STATUS_TYPES = {
+# The JSON type of each hyperparameter in the status (and in Katib's string assignments).
+HYPERPARAMETER_TYPES: dict[str, str] = {
     name: "string"
     if name == "optimizer"
     else "integer"

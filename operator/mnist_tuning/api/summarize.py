@@ -6,8 +6,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mnist_tuning.api.expand import experiment_name, resolve_seed
+from mnist_tuning.api.expand import resolve_seed
+from mnist_tuning.api.metrics import to_number
 from mnist_tuning.api.spec import (
+    HYPERPARAMETER_TYPES,
     BestTrial,
     Condition,
     MnistTuning,
@@ -36,19 +38,6 @@ COUNTERS = {
     "trialsEarlyStopped": "early_stopped",
     "trialMetricsUnavailable": "metrics_unavailable",
 }
-INTEGER_HYPERPARAMETERS = frozenset({"batchSize", "epochs"})
-STRING_HYPERPARAMETERS = frozenset({"optimizer"})
-
-
-def to_number(value: Any) -> float | None:
-    """Parse Katib's string (or number) to a finite float; None for "unavailable", "", "nan"."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def is_better(candidate: float, incumbent: float | None, objective: Objective) -> bool:
@@ -84,12 +73,13 @@ def _conditions(conditions: Iterable[Mapping[str, Any]]) -> list[Condition]:
 
 def _hyperparameter(name: str, value: Any) -> float | int | str | None:
     """Parse a Katib parameter assignment (a string) back to the type of our spec."""
-    if name in STRING_HYPERPARAMETERS:
+    kind = HYPERPARAMETER_TYPES.get(name, "number")  # names we do not know parse as numbers
+    if kind == "string":
         return str(value)
     number = to_number(value)
     if number is None:
         return None
-    if name in INTEGER_HYPERPARAMETERS:
+    if kind == "integer":
         return int(number) if number.is_integer() else None
     return number
 
@@ -104,8 +94,7 @@ def _best(optimal: Mapping[str, Any], objective: Objective) -> BestTrial | None:
     if not trial:
         return None
     observed = (optimal.get("observation") or {}).get("metrics") or []
-    strategies: dict[str, str] = {objective.metric: "max" if objective.maximize else "min"}
-    strategies[objective.other_metric] = "min" if objective.maximize else "max"
+    strategies = objective.strategies
     metrics: dict[str, float] = {}
     for metric in observed:
         name = metric.get("name")
@@ -149,7 +138,7 @@ def summarize(experiment: Mapping[str, Any], tuning: MnistTuning) -> MnistTuning
     metadata = experiment.get("metadata") or {}
     return MnistTuningStatus(
         phase=_phase(conditions),
-        experiment=metadata.get("name") or experiment_name(tuning),
+        experiment=metadata.get("name"),
         seed=_seed(spec, tuning),
         trials=counts,
         progress=f"{counts.done}/{max_trials}",
