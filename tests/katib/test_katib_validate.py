@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
-from mnist_tuning.api.crd import to_yaml
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.yamlio import to_yaml
 from strategies import Manifest, valid_manifests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mnist_tuning.api.spec import (
+    API_VERSION,
     CATEGORY,
     GROUP,
     KIND,
@@ -22,9 +23,6 @@ from mnist_tuning.api.spec import (
     MnistTuningSpec,
     MnistTuningStatus,
 )
-
-# Also importable from here: the CRD and the rendered Experiments share one YAML writer.
-from mnist_tuning.api.yamlio import to_yaml as to_yaml
 
 JsonSchema = dict[str, Any]
 
@@ -193,8 +191,8 @@ def openapi_schema() -> JsonSchema:
         "Experiment (random search).",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "tuning.mnist.dev/v1alpha1"},
-            "kind": {"type": "string", "description": "MnistTuning"},
+            "apiVersion": {"type": "string", "description": API_VERSION},
+            "kind": {"type": "string", "description": KIND},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
