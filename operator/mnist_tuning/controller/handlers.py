@@ -40,7 +40,7 @@ from mnist_tuning.api.spec import (
     parse_tuning,
 )
 from mnist_tuning.controller import conditions as c
-from mnist_tuning.controller.kube import KATIB_GROUP, KATIB_VERSION, Kube, refusal
+from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, Kube, refusal
 from mnist_tuning.controller.reconcile import (
     Event,
     fault_status,
@@ -447,7 +447,7 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 @kopf.on.event(
     KATIB_GROUP,
     KATIB_VERSION,
-    "experiments",
+    EXPERIMENTS,
     labels={LABEL_TUNING: kopf.PRESENT},
     registry=registry,
 )
