@@ -33,17 +33,24 @@ import katib_standin  # noqa: E402
 import launcher  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from mnist_tuning.api.expand import expand  # noqa: E402
-from mnist_tuning.api.spec import parse_tuning  # noqa: E402
+from mnist_tuning.api.spec import (  # noqa: E402
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    parse_tuning,
+)
+from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION  # noqa: E402
 
-GROUP, VERSION, PLURAL = "tuning.mnist.dev", "v1alpha1", "mnisttunings"
-KATIB = ("kubeflow.org", "v1beta1", "experiments")
+KATIB = (KATIB_GROUP, KATIB_VERSION, EXPERIMENTS)
 TARGET_RATIO, TARGET_RSS_MIB = 0.8, 150
 
 
 def tuning(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "MnistTuning",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": {
             "budget": {"maxTrials": 4, "parallelTrials": 2, "maxFailedTrials": 1},
@@ -116,7 +123,7 @@ def run(plane: launcher.ControlPlane, count: int, workdir: Path) -> int:
         made = api.create_namespaced_custom_object(GROUP, VERSION, writes_ns, PLURAL, tuning(name))
         owned = expand(parse_tuning({**made, "status": {}}))
         api.create_namespaced_custom_object(*KATIB[:2], writes_ns, KATIB[2], owned)
-        note = {"metadata": {"annotations": {"operator.tuning.mnist.dev/last": "{}"}}}
+        note = {"metadata": {"annotations": {f"operator.{GROUP}/last": "{}"}}}
         api.patch_namespaced_custom_object(GROUP, VERSION, writes_ns, PLURAL, name, note)
         status = {"status": {"phase": "Pending", "experiment": owned["metadata"]["name"]}}
         api.patch_namespaced_custom_object_status(GROUP, VERSION, writes_ns, PLURAL, name, status)
