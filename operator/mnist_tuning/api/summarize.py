@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from mnist_tuning.api.expand import resolve_seed
@@ -38,6 +39,11 @@ COUNTERS = {
     "trialsEarlyStopped": "early_stopped",
     "trialMetricsUnavailable": "metrics_unavailable",
 }
+
+
+def rfc3339(moment: datetime) -> str:
+    """Format a time as Kubernetes does: UTC, whole seconds, trailing Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def is_better(candidate: float, incumbent: float | None, objective: Objective) -> bool:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from mnist_tuning.api.spec import Condition
+from mnist_tuning.api.summarize import rfc3339
 
 # Condition types.
 KATIB_AVAILABLE: Final = "KatibAvailable"
@@ -76,7 +77,7 @@ def condition(type_: str, ok: bool, reason: str, message: str, generation: int |
 
 def now() -> str:
     """RFC 3339 UTC time as Kubernetes writes it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def settle(

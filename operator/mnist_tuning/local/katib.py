@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from mnist_tuning.api.metrics import MetricSummary
 from mnist_tuning.api.spec import Objective
-from mnist_tuning.api.summarize import is_better
+from mnist_tuning.api.summarize import is_better, rfc3339
 
 TrialState = Literal["Running", "Succeeded", "Failed", "MetricsUnavailable", "Killed"]
 DONE_STATES: tuple[TrialState, ...] = ("Succeeded", "Failed", "MetricsUnavailable", "Killed")
@@ -77,11 +77,6 @@ class TrialRecord:
     message: str = ""
     start: datetime | None = None
     end: datetime | None = None
-
-
-def rfc3339(moment: datetime) -> str:
-    """Format a time as Kubernetes does: UTC, whole seconds, trailing Z."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def objective_of(experiment: Mapping[str, Any]) -> Objective:
