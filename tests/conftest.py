@@ -20,6 +20,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent / "harness"))
 
 import launcher
+from cluster import default_crds
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from launcher import ControlPlane
 from mnist_trainer.prepare import prepare
@@ -33,13 +34,6 @@ def mnist_root() -> Path:
     return root
 
 
-def crd_files() -> list[Path]:
-    """Our CRDs and Katib's experiments/trials/suggestions CRDs (left by build.sh)."""
-    ours = sorted((launcher.REPO_ROOT / "crds").glob("*.yaml"))
-    katib = sorted((launcher.REPO_ROOT / ".cluster" / "crds" / "katib").glob("*.yaml"))
-    return ours + katib
-
-
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """One real control plane for the whole test session, with our and Katib's CRDs."""
@@ -47,7 +41,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         bin_dir = launcher.binaries_dir()
     except launcher.ControlPlaneError as error:
         pytest.fail(str(error), pytrace=False)
-    crds = crd_files()
+    crds = default_crds(launcher.REPO_ROOT / ".cluster")
     if not any(path.parent.name == "katib" for path in crds):
         pytest.fail(
             "Katib's CRDs are missing from .cluster/crds/katib; run `make binaries`", pytrace=False

@@ -13,17 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import launcher
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-
-import launcher
 from launcher import ControlPlane
 
 ARGO_CD_MODULE = "github.com/argoproj/argo-cd/v3"

@@ -15,12 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import launcher
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-
-import launcher
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from launcher import ControlPlane
 

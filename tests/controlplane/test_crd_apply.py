@@ -11,23 +11,19 @@ import copy
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import katib_standin
+import launcher
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
-from strategies import Invalid, Manifest, invalid_manifests, valid_manifests
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-
-import katib_standin
-import launcher
 from launcher import ControlPlane
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import parse_tuning
 from mnist_tuning.api.summarize import summarize
+from strategies import Invalid, Manifest, invalid_manifests, valid_manifests
 
 CRD_PATH = launcher.REPO_ROOT / "crds" / "mnisttuning.yaml"
 SAMPLES = sorted((launcher.REPO_ROOT / "deploy" / "samples").glob("*.yaml"))

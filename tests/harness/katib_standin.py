@@ -35,7 +35,6 @@ KATIB_INJECTION_LABEL = "katib.kubeflow.org/metrics-collector-injection"
 REASONS = {
     "created": ("Created", "ExperimentCreated", "Experiment is created"),
     "running": ("Running", "ExperimentRunning", "Experiment is running"),
-    "restarting": ("Restarting", "ExperimentRestarting", "Experiment is restarting"),
     "goal": (
         "Succeeded",
         "ExperimentGoalReached",

@@ -495,11 +495,6 @@ class ControlPlane:
     kubeconfig: Path
     bin_dir: Path
 
-    @property
-    def kubectl(self) -> Path:
-        """Path of the kubectl binary built with the control plane."""
-        return self.bin_dir / "kubectl"
-
     def run_kubectl(
         self,
         *args: str,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import launcher
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -22,10 +22,6 @@ from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import parse_tuning
 from mnist_tuning.api.yamlio import to_yaml
 from strategies import Manifest, valid_manifests
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
-
-import launcher
 
 REPO_ROOT = launcher.REPO_ROOT
 SAMPLES = sorted((REPO_ROOT / "deploy" / "samples").glob("*.yaml"))
