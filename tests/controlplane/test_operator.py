@@ -79,6 +79,11 @@ class Cluster:
     def apply(self, manifest: dict[str, Any]) -> None:
         self.kubectl("apply", "-n", self.ns, "-f", "-", input_text=json.dumps(manifest))
 
+    def start(self, name: str, max_trials: int = 6, what: str = "the Experiment") -> str:
+        """Apply a tuning and return the Experiment the operator names in its status."""
+        self.apply(tuning_manifest(name, max_trials=max_trials))
+        return str(wait_for(lambda: self.status(name).get("experiment"), what))
+
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.kubectl(
             "patch",
@@ -270,8 +275,7 @@ def test_create_makes_owned_experiment_and_pending_then_running_status(
 def test_progress_mirrors_counters_and_best_trial_with_an_event_per_improvement(
     cluster: Cluster, katib: KatibStandIn, operator: Operator
 ) -> None:
-    cluster.apply(tuning_manifest("prog", max_trials=6))
-    name = wait_for(lambda: cluster.status("prog").get("experiment"), "the Experiment")
+    name = cluster.start("prog", max_trials=6)
     katib.create(cluster.ns, name)
     katib.run(cluster.ns, name, succeeded=["prog-a"], running=["prog-b", "prog-c"])
     katib.report_best(
@@ -340,8 +344,7 @@ def test_katib_outcome_sets_phase_completion_time_and_katib_reason(
     reason: str,
     event: str,
 ) -> None:
-    cluster.apply(tuning_manifest("end"))
-    name = wait_for(lambda: cluster.status("end").get("experiment"), "the Experiment")
+    name = cluster.start("end")
     katib.create(cluster.ns, name)
     katib.run(cluster.ns, name, running=["end-a"])
     final = katib.finish(cluster.ns, name, outcome, succeeded=["end-a"], failed=["end-b"])
@@ -362,8 +365,7 @@ def test_katib_outcome_sets_phase_completion_time_and_katib_reason(
 def test_restart_at_any_point_duplicates_nothing_and_loses_nothing(
     cluster: Cluster, katib: KatibStandIn, operator: Operator
 ) -> None:
-    cluster.apply(tuning_manifest("rs"))
-    name = wait_for(lambda: cluster.status("rs").get("experiment"), "the Experiment")
+    name = cluster.start("rs")
     katib.create(cluster.ns, name)
     katib.run(cluster.ns, name, succeeded=["rs-a"], running=["rs-b"])
     katib.report_best(
@@ -408,8 +410,7 @@ def test_restart_at_any_point_duplicates_nothing_and_loses_nothing(
 def test_experiment_deleted_behind_our_back_is_recreated_with_an_event(
     cluster: Cluster, katib: KatibStandIn, operator: Operator
 ) -> None:
-    cluster.apply(tuning_manifest("gone"))
-    name = wait_for(lambda: cluster.status("gone").get("experiment"), "the Experiment")
+    name = cluster.start("gone")
     katib.create(cluster.ns, name)
     old_uid = cluster.experiments()[0]["metadata"]["uid"]
     cluster.kubectl("delete", "experiments.kubeflow.org", name, "-n", cluster.ns)
@@ -430,8 +431,7 @@ def test_experiment_deleted_behind_our_back_is_recreated_with_an_event(
 def test_budget_edit_patches_the_running_experiment_in_place(
     cluster: Cluster, katib: KatibStandIn, operator: Operator
 ) -> None:
-    cluster.apply(tuning_manifest("bud", max_trials=6))
-    name = wait_for(lambda: cluster.status("bud").get("experiment"), "the Experiment")
+    name = cluster.start("bud", max_trials=6)
     uid = cluster.experiments()[0]["metadata"]["uid"]
     cluster.patch_spec("bud", {"budget": {"maxTrials": 10, "parallelTrials": 4}})
 
@@ -455,8 +455,7 @@ def test_budget_edit_patches_the_running_experiment_in_place(
 def test_search_edit_replaces_the_experiment_and_status_follows_the_new_one(
     cluster: Cluster, katib: KatibStandIn, operator: Operator
 ) -> None:
-    cluster.apply(tuning_manifest("srch"))
-    old = wait_for(lambda: cluster.status("srch").get("experiment"), "the first Experiment")
+    old = cluster.start("srch", what="the first Experiment")
     katib.create(cluster.ns, old)
     katib.run(cluster.ns, old, succeeded=["old-a"])
     katib.report_best(
@@ -599,8 +598,7 @@ def test_refused_budget_edit_leaves_the_running_experiment_as_it_was(
     cluster: Cluster, admission_refuses_big_experiments: str, operator: Operator
 ) -> None:
     message = admission_refuses_big_experiments
-    cluster.apply(tuning_manifest("grow", max_trials=40))
-    name = wait_for(lambda: cluster.status("grow").get("experiment"), "the Experiment")
+    name = cluster.start("grow", max_trials=40)
     cluster.patch_spec("grow", {"budget": {"maxTrials": 60}})
     cond = wait_for(
         lambda: (x := cluster.condition("grow", c.EXPERIMENT_ACCEPTED))["status"] == "False" and x,
