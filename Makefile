@@ -51,7 +51,7 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 
 .PHONY: unit
-unit: $(STAMP) ## the fast tier: pure functions only
+unit: $(STAMP) ## the fast tier: pure functions, the CRD offline, Argo CD's Lua (builds gopher-lua once, needs Go)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
