@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+from mnist_tuning.local.engine import DRAW, STATE, STUDY_FILE
 
 # Training on a slice of the real digits keeps each trial to seconds on two cores.
 TRAIN_LIMIT = 3000
@@ -66,3 +68,22 @@ def cli_command(
 def load_status(workdir: Path) -> dict[str, Any]:
     status: dict[str, Any] = yaml.safe_load((workdir / "status.yaml").read_text())
     return status
+
+
+Ledger = tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]
+
+
+def ledger(workdir: Path) -> Ledger:
+    """What a run ended with: its counted trials as (draw, parameters), and its status counts.
+
+    Fails when a draw is counted twice.
+    """
+    status = load_status(workdir)
+    study = optuna.load_study(
+        study_name=status["experiment"], storage=f"sqlite:///{workdir / STUDY_FILE}"
+    )
+    counted = sorted((t.user_attrs[DRAW], t.params) for t in study.trials if STATE in t.user_attrs)
+    draws = [draw for draw, _ in counted]
+    assert len(draws) == len(set(draws)), f"a draw counted twice: {draws}"
+    shown = {key: status.get(key) for key in ("phase", "trials", "progress")}
+    return counted, shown

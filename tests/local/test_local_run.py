@@ -6,13 +6,15 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import optuna
-from local_runs import RunCli, cli_command, load_status, tuning
+from local_runs import RunCli, cli_command, ledger, load_status, tuning
+from mnist_tuning.api.expand import expand, resolve_seed
 from mnist_tuning.api.metrics import read_metrics_file
-from mnist_tuning.api.spec import MnistTuningStatus
+from mnist_tuning.api.spec import MnistTuningStatus, parse_tuning
+from mnist_tuning.local.engine import KILL_ENV
+from mnist_tuning.local.search import distributions, draw, make_sampler, search_space
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,43 +44,35 @@ def test_two_trials_find_a_best_trial_whose_metrics_are_its_own_file(
     assert best.trial in result.stdout
 
 
-def test_a_killed_run_resumes_and_counts_every_trial_once(
+def test_a_run_killed_mid_trial_resumes_with_the_trials_of_an_unbroken_run(
     tmp_path: Path, mnist_root: Path, run_cli: RunCli
 ) -> None:
+    # The kill-point matrix (test_local_resume.py) runs a stand-in trainer; this is the
+    # real one, killed while its second trial trains.
     workdir = tmp_path / "resume"
     manifest = tuning("resume", budget={"maxTrials": 2, "parallelTrials": 1, "maxFailedTrials": 1})
-    first = subprocess.Popen(
+    killed = subprocess.run(
         cli_command(manifest, workdir, mnist_root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, KILL_ENV: "started:2"},
+        timeout=600,
+        check=False,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and first.poll() is None:
-            status_file = workdir / "status.yaml"
-            if status_file.exists() and load_status(workdir)["trials"]["succeeded"] == 1:
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, "the run ended before it could be killed"
-        os.kill(first.pid, signal.SIGKILL)
-    finally:
-        first.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
 
     result = run_cli(manifest, workdir, mnist_root)
     assert result.returncode == 0, result.stdout + result.stderr
     status = MnistTuningStatus.model_validate(load_status(workdir))
     assert (status.trials.succeeded, status.trials.failed, status.trials.killed) == (2, 0, 0)
     assert status.progress == "2/2"
-
-    study = optuna.load_study(study_name=status.experiment, storage=f"sqlite:///{workdir}/study.db")
-    counted = [t for t in study.trials if "katib_state" in t.user_attrs]
-    interrupted = [t for t in study.trials if "katib_state" not in t.user_attrs]
-    assert counted[0].number == 0  # the finished trial was kept, not re-run
-    assert len(counted) == 2
-    assert len(interrupted) == 1
-    rerun = counted[1]
-    assert rerun.user_attrs["retry_of"] == interrupted[0].number
-    assert rerun.params == interrupted[0].params
+    experiment = expand(parse_tuning(manifest))
+    space = distributions(search_space(experiment))
+    study = optuna.create_study(
+        sampler=make_sampler(experiment, resolve_seed(parse_tuning(manifest)))
+    )
+    unbroken = [draw(study.sampler, study, space, lambda: None) for _ in range(2)]
+    counted, _ = ledger(workdir)
+    assert counted == [(0, unbroken[0]), (1, unbroken[1])]
 
 
 def test_diverging_trials_spend_the_failure_budget_and_fail_the_run(

@@ -16,9 +16,10 @@ from mnist_tuning.local.command import trial_process
 from mnist_tuning.local.search import (
     assignments,
     distributions,
+    draw,
     make_sampler,
-    replay,
     search_space,
+    suggest,
 )
 from strategies import valid_manifests
 
@@ -89,19 +90,21 @@ def test_every_valid_spec_samples_inside_its_space(manifest: dict[str, Any]) -> 
             assert in_space(value, search[name]), (name, value, search[name])
 
 
-def test_a_resumed_sampler_continues_the_sequence_instead_of_repeating_it() -> None:
+def test_points_drawn_in_memory_and_written_one_by_one_are_what_asking_draws() -> None:
+    # A resumed run draws its earlier points again instead of reading them back.
     experiment = expand(parse_tuning(tuning_manifest(SEARCH)))
     unbroken = sample(experiment, 5)
-    space = search_space(experiment)
+    space = distributions(search_space(experiment))
     study = optuna.create_study(sampler=make_sampler(experiment, 3))
-    first = study.ask(distributions(space))
-    study.tell(first, 0.0)
-    resumed = make_sampler(experiment, 3)
-    replay(resumed, study, study.trials[0], distributions(space), draws=3)
-    study.sampler = resumed
-    fourth = study.ask(distributions(space))
-    assert assignments(space, fourth.params) == unbroken[3]
+    between: list[int] = []
+    for _ in range(5):
+        study.enqueue_trial(draw(study.sampler, study, space, lambda: between.append(1)))
+        trial = study.ask()
+        for name, dist in space.items():
+            suggest(trial, name, dist)
+    assert [assignments(search_space(experiment), t.params) for t in study.trials] == unbroken
     assert unbroken[3] != unbroken[0]
+    assert len(between) == 5 * (len(space) - 1)
 
 
 def test_trial_command_is_the_pods_command_substituted_and_pointed_at_local_paths(

@@ -2,9 +2,19 @@
 
 Optuna samples and keeps the books in SQLite under the workdir; this module only starts
 processes, reads their metrics files and applies Katib's stopping rules. One run holds
-a lock on the workdir, so any trial the storage still calls RUNNING when a run starts was
-left behind by an interrupted run: it is set aside (not counted) and re-run with the same
-parameters.
+a lock on the workdir, so any trial the storage does not call finished when a run starts
+was left behind by an interrupted run.
+
+Resume without a window: a trial's identity is its draw, the index of its point in the
+seeded sequence, stored with the point in the one write that creates the trial. Points are
+never read back (an interrupted trial may hold only some of its parameters); point k is
+drawn again from a fresh seeded sampler. A trial counts once its verdict's last attribute
+(STATE) is stored. So a run killed at any instant leaves every draw either counted once or
+not at all; the next run tells the verdicts that were stored but not told, fails the other
+unfinished trials (uncounted) and runs their draws again, in order, before new ones. Every
+step of that is one write and safe to repeat. `MNIST_ENGINE_KILL_AT=POINT[:N]` kills the
+process the N-th time it reaches POINT (see KillPoint): the tests' way to stop a run at
+each such instant.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 import optuna
 import yaml
@@ -39,10 +49,10 @@ from mnist_tuning.local.search import (
     Searched,
     assignments,
     distributions,
+    draw,
     make_sampler,
-    replay,
-    sampled_count,
     search_space,
+    suggest,
 )
 
 STUDY_FILE = "study.db"
@@ -51,13 +61,14 @@ LOCK_FILE = ".lock"
 TRIALS_DIR = "trials"
 OUTPUT_FILE = "output.log"
 METRICS_FILE = "metrics.json"
-# Trial user attributes: every trial this engine finishes carries STATE; a FAIL trial
-# without it was interrupted and is not counted.
+# Trial user attributes: every trial this engine finishes carries STATE (written last of
+# the verdict); a trial without it was interrupted and is not counted. DRAW is the trial's
+# identity: the index of its point in the seeded sequence.
 STATE = "katib_state"
 METRICS = "metrics"
 MESSAGE = "message"
 NAME = "trial_name"
-RETRY_OF = "retry_of"
+DRAW = "draw"
 # Study user attributes.
 STARTED = "started"
 COMPLETED = "completed"
@@ -65,6 +76,21 @@ TAIL_LINES = 5
 POLL_SECONDS = 0.25
 STOP_GRACE_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
+KILL_ENV = "MNIST_ENGINE_KILL_AT"
+KillPoint = Literal[
+    "draw",  # between two parameter draws of one point (in memory)
+    "enqueued",  # the trial is stored, waiting, with its draw and point
+    "asked",  # the trial is running in the storage, no parameter written yet
+    "param",  # between two parameter writes of one trial
+    "named",  # every parameter written, trainer not started
+    "started",  # the trainer runs
+    "judging",  # verdict half-written: message and metrics, no state
+    "judged",  # verdict written, trial not told
+    "told",  # trial told, status not written
+    "status",  # the new status written beside the old one, not moved in
+    "recovering",  # a resumed run between settling two interrupted trials
+]
+KILL_POINTS: tuple[KillPoint, ...] = get_args(KillPoint)
 
 
 class EngineError(Exception):
@@ -73,6 +99,35 @@ class EngineError(Exception):
 
 class RunInterruptedError(Exception):
     """The run was stopped by Ctrl-C or SIGTERM; running trials will be re-run on resume."""
+
+
+@dataclass
+class KillSwitch:
+    """Test seam: SIGKILL this process the `nth` time it reaches `point`; off by default."""
+
+    point: KillPoint | None = None
+    nth: int = 1
+    seen: int = 0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> KillSwitch:
+        """Read `MNIST_ENGINE_KILL_AT=POINT[:N]`; a point that does not exist is an error."""
+        value = environ.get(KILL_ENV, "")
+        if not value:
+            return cls()
+        name, _, nth = value.partition(":")
+        point = next((p for p in KILL_POINTS if p == name), None)
+        if point is None or not (nth or "1").isdigit():
+            raise EngineError(f"{KILL_ENV}={value}: want POINT[:N], POINT one of {KILL_POINTS}")
+        return cls(point, int(nth or 1))
+
+    def reach(self, point: KillPoint) -> None:
+        """Die here, as `kill -9` would kill the run at this instant, if this is the one."""
+        if point != self.point:
+            return
+        self.seen += 1
+        if self.seen == self.nth:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -222,6 +277,10 @@ class Engine:
         self.finished: list[TrialRecord] = []
         self.running: dict[int, _Running] = {}
         self.tails: dict[str, list[str]] = {}
+        self.kill = KillSwitch.from_env(os.environ)
+        self.points: list[dict[str, Any]] = []  # the seeded sequence, drawn so far
+        self.retries: list[int] = []  # draws an interrupted run left uncounted, in order
+        self.next_draw = 0
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -249,26 +308,60 @@ class Engine:
         return study
 
     def recover(self, study: optuna.Study) -> None:
-        """Set aside trials an interrupted run left RUNNING and queue them to run again."""
+        """Finish the trials an interrupted run left: tell stored verdicts, fail the rest.
+
+        One write per trial, so a run killed while recovering recovers the rest next time.
+        """
+        for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.tell(study.ask(), state=TrialState.FAIL)  # ask() takes the oldest waiting
+            self.kill.reach("recovering")
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+            self.tell(study, trial.number, record_of(trial, self.searched))
+            self.kill.reach("recovering")
 
     def load(self, study: optuna.Study) -> None:
-        """Read the counted trials and put the sampler where an unbroken run would have it."""
+        """Read the counted trials and queue the draws that none of them ran to the end."""
         trials = study.get_trials(deepcopy=False)
         self.finished = [r for t in trials if (r := record_of(t, self.searched)) is not None]
-        started = [t for t in trials if t.state != TrialState.WAITING]
-        if started:
-            replay(study.sampler, study, started[0], self.space, sampled_count(started, RETRY_OF))
+        drawn = {t.user_attrs[DRAW] for t in trials if DRAW in t.user_attrs}
+        counted = {t.user_attrs[DRAW] for t in trials if {DRAW, STATE} <= t.user_attrs.keys()}
+        self.retries = sorted(drawn - counted)
+        self.next_draw = max(drawn, default=-1) + 1
+
+    def tell(self, study: optuna.Study, number: int, record: TrialRecord | None) -> None:
+        """Close a trial in Optuna's books: its objective value if it succeeded, else failed."""
+        value = katib.scored_value(record, self.experiment) if record is not None else None
+        if value is None:
+            study.tell(number, state=TrialState.FAIL)
+        else:
+            study.tell(number, value)
+
+    def point(self, study: optuna.Study, index: int) -> dict[str, Any]:
+        """Point `index` of the seeded sequence (drawn once per run, in order)."""
+        while len(self.points) <= index:
+            between: Callable[[], None] = lambda: self.kill.reach("draw")  # noqa: E731
+            self.points.append(draw(study.sampler, study, self.space, between))
+        return self.points[index]
 
     # -- trials ----------------------------------------------------------------------------
 
     def start_trial(self, study: optuna.Study) -> None:
-        """Ask Optuna for the next point and start the trainer on it."""
-        trial = study.ask(self.space)
+        """Start the trainer on the next draw: an interrupted one first, else a new one."""
+        if self.retries:
+            index = self.retries.pop(0)
+        else:
+            index, self.next_draw = self.next_draw, self.next_draw + 1
+        study.enqueue_trial(self.point(study, index), user_attrs={DRAW: index})
+        self.kill.reach("enqueued")
+        trial = study.ask()
+        self.kill.reach("asked")
+        for i, (param, dist) in enumerate(self.space.items()):
+            if i:
+                self.kill.reach("param")
+            suggest(trial, param, dist)
         name = trial_name(self.name, trial.number)
         trial.set_user_attr(NAME, name)
+        self.kill.reach("named")
         folder = self.workdir / TRIALS_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
         metrics_file = folder / METRICS_FILE
@@ -295,6 +388,7 @@ class Engine:
             start_new_session=True,  # Ctrl-C reaches the engine, which stops trials itself
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+        self.kill.reach("started")
         record = TrialRecord(
             number=trial.number,
             name=name,
@@ -345,16 +439,15 @@ class Engine:
             self.tails[running.record.name] = tail(running.metrics_file.parent / OUTPUT_FILE)
         record = replace(running.record, state=state, metrics=metrics, message=message, end=now())
         trial = running.trial
-        trial.set_user_attr(STATE, state)
         trial.set_user_attr(MESSAGE, message)
         trial.set_user_attr(
             METRICS,
             {n: s.model_dump(include={"min", "max", "latest"}) for n, s in metrics.items()},
         )
-        if state == "Succeeded":
-            trial.study.tell(trial, value)
-        else:
-            trial.study.tell(trial, state=TrialState.FAIL)
+        self.kill.reach("judging")
+        trial.set_user_attr(STATE, state)  # last: the verdict is whole once STATE is there
+        self.kill.reach("judged")
+        self.tell(trial.study, trial.number, record)
         return record
 
     def stop(self, running: _Running) -> None:
@@ -402,6 +495,7 @@ class Engine:
                 continue
             del self.running[number]
             self.finished.append(self.collect(running))
+            self.kill.reach("told")
             self.write_status(study, None)
 
     def run(self) -> MnistTuningStatus:
@@ -443,12 +537,11 @@ class Engine:
             self.step(study)
 
     def abandon(self, study: optuna.Study) -> None:
-        """Stop running trials and queue them to run again on resume; they are not counted."""
+        """Stop running trials, uncounted; a resumed run runs their draws again."""
         for running in self.running.values():
             self.stop(running)
             running.output.close()
             study.tell(running.trial, state=TrialState.FAIL)
-            study.enqueue_trial(running.trial.params, user_attrs={RETRY_OF: running.trial.number})
         self.running.clear()
 
     # -- result ----------------------------------------------------------------------------
@@ -474,5 +567,9 @@ class Engine:
         status = summarize(status_of, self.tuning)
         status.observed_generation = self.tuning.metadata.generation
         text = yaml.safe_dump(status.to_manifest(), sort_keys=False)
-        (self.workdir / STATUS_FILE).write_text(text, encoding="utf-8")
+        path = self.workdir / STATUS_FILE
+        partial = path.with_name(f".{STATUS_FILE}.partial")
+        partial.write_text(text, encoding="utf-8")
+        self.kill.reach("status")
+        partial.replace(path)  # readers see the old status or the new, never half of one
         return status

@@ -8,7 +8,7 @@ cluster and this machine search exactly the same space.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,10 @@ from optuna.distributions import (
 )
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
+
+# The random sampler reads no trial; sample_independent still takes one.
+_TEMPLATE: FrozenTrial = create_trial(state=TrialState.WAITING)
 
 
 class UnsupportedSearchError(ValueError):
@@ -104,24 +107,34 @@ def make_sampler(experiment: Mapping[str, Any], seed: int) -> RandomSampler:
     return RandomSampler(seed=seed)
 
 
-def replay(
+def draw(
     sampler: BaseSampler,
     study: Study,
-    template: FrozenTrial,
     space: Mapping[str, BaseDistribution],
-    draws: int,
-) -> None:
-    """Advance a fresh sampler past `draws` earlier samples.
+    between: Callable[[], None],
+) -> dict[str, Any]:
+    """Draw the sampler's next point as `Study.ask(space)` would, in memory.
 
-    A resumed run then draws the same points an uninterrupted run would have drawn,
-    instead of starting the seeded sequence again and repeating finished trials.
+    One value per parameter in space order, none for a one-value parameter (Optuna draws
+    nothing there either), so a seeded sampler gives the same sequence as asking does.
+    `between` runs between two draws (a test seam).
     """
-    for _ in range(draws):
-        for name, dist in space.items():
-            if not dist.single():  # Optuna draws nothing for a one-value space
-                sampler.sample_independent(study, template, name, dist)
+    point: dict[str, Any] = {}
+    for name, dist in space.items():
+        if dist.single():
+            continue
+        if point:
+            between()
+        point[name] = sampler.sample_independent(study, _TEMPLATE, name, dist)
+    return point
 
 
-def sampled_count(trials: Iterable[FrozenTrial], retry_key: str) -> int:
-    """How many trials took their parameters from the sampler (re-runs reuse earlier ones)."""
-    return sum(1 for t in trials if retry_key not in t.user_attrs and t.params)
+def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
+    """Write one parameter of a trial; an enqueued trial gets its fixed value, as in `ask`."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise UnsupportedSearchError(f"parameter {name}: {type(dist).__name__} is not supported")
