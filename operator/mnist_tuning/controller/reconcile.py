@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist_tuning.api.expand import budget_of
-from mnist_tuning.api.spec import Condition, MnistTuning, Phase, TrialCounts
+from mnist_tuning.api.spec import Condition, MnistTuning, MnistTuningStatus, Phase, TrialCounts
 from mnist_tuning.api.summarize import TERMINAL, is_better, summarize
 from mnist_tuning.controller import conditions as c
 
@@ -88,10 +88,9 @@ def mirrored_status(
     """
     generation = tuning.metadata.generation
     summary = summarize(experiment, tuning)
-    status = summary.to_manifest()
     current = budget_of(experiment) == dict(wanted_budget)
-    status["observedGeneration"] = generation if current else old.get("observedGeneration")
-    own = accepted_conditions(str(status["experiment"]), generation)
+    summary.observed_generation = generation if current else old.get("observedGeneration")
+    own = accepted_conditions(str(summary.experiment), generation)
     earlier = [
         Condition.model_validate(cond)
         for cond in old.get("conditions") or []
@@ -101,21 +100,18 @@ def mirrored_status(
         refused = earlier[0]
     if refused is not None and not current:
         own[-1] = refused
-    own.append(trials_condition(status, generation))
+    own.append(trials_condition(summary.trials, str(summary.experiment), generation))
     katib = [
         cond.model_copy(update={"observed_generation": generation}) for cond in summary.conditions
     ]
-    status["conditions"] = c.settle(old.get("conditions") or [], own + katib, at)
-    return status
+    return with_conditions(summary, old, own + katib, at)
 
 
-def trials_condition(status: Mapping[str, Any], generation: int | None) -> Condition:
+def trials_condition(trials: TrialCounts, experiment: str, generation: int | None) -> Condition:
     """Say whether trials fail, and how to read why, before maxFailedTrials ends the run."""
-    trials = status.get("trials") or {}
-    failed = int(trials.get("failed") or 0) + int(trials.get("metricsUnavailable") or 0)
+    failed = trials.failed + trials.metrics_unavailable
     if not failed:
         return c.condition(c.TRIALS_HEALTHY, True, c.NO_TRIAL_FAILED, "", generation)
-    experiment = status.get("experiment")
     return c.condition(
         c.TRIALS_HEALTHY,
         False,
@@ -125,6 +121,15 @@ def trials_condition(status: Mapping[str, Any], generation: int | None) -> Condi
         "-l katib.kubeflow.org/trial=TRIAL -c training-container",
         generation,
     )
+
+
+def with_conditions(
+    status: MnistTuningStatus, old: Mapping[str, Any], conditions: list[Condition], at: str
+) -> dict[str, Any]:
+    """Return the status to write: `conditions` settled against the ones it had."""
+    manifest = status.to_manifest()
+    manifest["conditions"] = c.settle(old.get("conditions") or [], conditions, at)
+    return manifest
 
 
 def fault_status(
@@ -137,14 +142,22 @@ def fault_status(
     at: str,
 ) -> dict[str, Any]:
     """Status when no Experiment serves the spec: the fault says why and what to do."""
-    return {
-        "phase": phase,
-        "observedGeneration": tuning.metadata.generation,
-        "seed": seed,
-        "trials": TrialCounts().model_dump(mode="json", by_alias=True),
-        "progress": f"0/{tuning.spec.budget.max_trials}",
-        "conditions": c.settle(old.get("conditions") or [], faults, at),
-    }
+    status = MnistTuningStatus(
+        phase=phase,
+        observed_generation=tuning.metadata.generation,
+        seed=seed,
+        progress=f"0/{tuning.spec.budget.max_trials}",
+    )
+    return with_conditions(status, old, faults, at)
+
+
+def invalid_status(
+    old: Mapping[str, Any], *, message: str, generation: int | None, at: str
+) -> dict[str, Any]:
+    """Status of a spec the operator cannot read: Failed until the spec changes."""
+    invalid = c.condition(c.SPEC_VALID, False, c.SPEC_INVALID, message, generation)
+    status = MnistTuningStatus(phase="Failed", observed_generation=generation)
+    return with_conditions(status, old, [invalid], at)
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
