@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mnist_trainer import config
+from mnist_trainer import config, cpus
 from mnist_trainer.config import Hyperparameters, RunSettings
 from mnist_trainer.data import MissingDataError, load_digits
 from mnist_trainer.metrics import MetricsReporter
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer(1, 1024),
         default=None,
         help="CPU threads for torch (default: the CPUs this process may use, "
-        "honouring a container CPU limit)",
+        "honouring a container CPU limit on cgroup v2 or v1)",
     )
     run.add_argument(
         "--device",
@@ -202,7 +202,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Hyperparameters, RunSettings]:
         data_dir=args.data_dir,
         metrics_file=args.metrics_file or config.default_metrics_file(),
         seed=args.seed,
-        threads=args.threads or config.available_cpus(),
+        threads=args.threads or cpus.available_cpus(),
         device=args.device,
         download=args.download,
         train_limit=args.train_limit,

@@ -6,7 +6,6 @@ The operator's spec models mirror DEFAULTS and the ranges here, so a value the
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,22 +88,6 @@ class RunSettings:
     device: str = "auto"
     download: bool = False
     train_limit: int = TRAIN_SIZE
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: its affinity, capped by a cgroup v2 CPU quota.
-
-    A pod with a CPU limit sees every core of its node; using them all would make
-    torch's threads fight over a fraction of one core.
-    """
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return cpus
-    if quota == "max":
-        return cpus
-    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def default_metrics_file() -> Path:

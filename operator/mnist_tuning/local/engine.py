@@ -180,7 +180,7 @@ def available_cpus() -> int:
 
     Imported here, not at the top: a missing trainer is reported by the CLI's own check.
     """
-    from mnist_trainer.config import available_cpus as trainer_cpus
+    from mnist_trainer.cpus import available_cpus as trainer_cpus
 
     return trainer_cpus()
 
