@@ -678,6 +678,71 @@ def test_service_account_can_do_only_what_the_operator_needs(
 
 
 # ---------------------------------------------------------------------------------------------
+# 11. invalid spec (near the end: it loosens the CRD for a while)
+
+
+INVALID_SEARCH = {"learningRate": {"min": 0.1, "max": 0.001}}
+
+
+@pytest.fixture
+def crd_checks_no_spec(control_plane: ControlPlane, namespace: str) -> Iterator[None]:
+    """Our CRD without its spec schema for one test: specs only the operator refuses.
+
+    Stands for objects stored under an older, looser CRD. Put back whatever happens.
+    """
+    crd_file = REPO_ROOT / "crds" / "mnisttuning.yaml"
+    crd = yaml.safe_load(crd_file.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    probe = {**tuning_manifest("probe"), "metadata": {"name": "probe", "namespace": namespace}}
+    probe["spec"]["search"] = INVALID_SEARCH
+
+    def accepted() -> bool:
+        result = control_plane.run_kubectl(
+            "create", "--dry-run=server", "-f", "-", input_text=json.dumps(probe), check=False
+        )
+        return result.returncode == 0
+
+    loosened = json.dumps(crd)
+    control_plane.run_kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input_text=loosened
+    )
+    try:
+        wait_for(accepted, "the loosened CRD to take effect", timeout=60)
+        yield
+    finally:
+        control_plane.run_kubectl(
+            "apply", "--server-side", "--force-conflicts", "-f", str(crd_file)
+        )
+        wait_for(lambda: not accepted(), "the CRD's own schema back in force", timeout=60)
+
+
+def test_an_invalid_spec_deletes_the_experiment_it_leaves_and_the_fixed_spec_gets_one(
+    cluster: Cluster, crd_checks_no_spec: None, operator: Operator
+) -> None:
+    old = cluster.start("inv", what="the first Experiment")
+    cluster.patch_spec("inv", {"search": INVALID_SEARCH})
+    cond = wait_for(
+        lambda: (x := cluster.condition("inv", c.SPEC_VALID)) and x["status"] == "False" and x,
+        "SpecValid False",
+    )
+    assert cond["reason"] == c.SPEC_INVALID
+    assert "learningRate" in cond["message"]
+    wait_for(lambda: cluster.experiments() == [], "the stale Experiment deleted")
+    status = cluster.status("inv")
+    assert status["phase"] == "Failed"
+    assert "experiment" not in status
+    wait_for(lambda: cluster.event("inv", c.SPEC_INVALID), "the SpecInvalid event")
+
+    fixed = {"learningRate": {"min": 0.001, "max": 0.05, "scale": "log"}}
+    cluster.patch_spec("inv", {"search": fixed})
+    new = wait_for(lambda: cluster.status("inv").get("experiment"), "the fixed spec's Experiment")
+    assert new != old
+    assert cluster.experiment_names() == [new]
+    assert cluster.status("inv")["observedGeneration"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
 # 7. Katib missing (last: it takes Katib's CRD away, and the garbage collector and admission
 #    policies need a while to learn the re-created one)
 

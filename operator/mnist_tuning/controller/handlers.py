@@ -137,6 +137,9 @@ class Operator:
                 "observedGeneration": generation,
                 "conditions": c.settle(old.get("conditions") or [], [invalid], c.now()),
             }
+            # No Experiment serves an invalid spec; one left running would also be missed as
+            # stale later, since the status no longer names it.
+            self._delete_stale(body, keep=None)
             self._write(body, old, new, [Event("Warning", c.SPEC_INVALID, str(exc))])
             raise kopf.PermanentError(str(exc)) from None
         if is_settled(old, generation):
