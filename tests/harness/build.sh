@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries the test tiers run against, from the Go module proxy.
+# `build.sh node` also builds the single-node cluster's programs (tests/harness/node): kubelet,
+# kube-scheduler, kube-proxy, CoreDNS and the pod sandbox's pause.
 #
 # Each component is compiled once per (component version, Go version) into a cache outside the
 # repository, then copied into .cluster/bin/ (git-ignored). A warm run only copies.
@@ -16,6 +18,12 @@ case "$cluster_dir" in /*) ;; *) cluster_dir="$root/$cluster_dir" ;; esac
 cache="${MNIST_TUNING_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mnist-tuning}"
 go_bin="${GO:-go}"
 jobs="${BUILD_PARALLELISM:-2}"
+with_node=false
+case "${1:-}" in
+  node) with_node=true ;;
+  "") ;;
+  *) echo "usage: build.sh [node]" >&2; exit 2 ;;
+esac
 
 # The wrapper modules sit inside this repository; its git state is no part of the binaries.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false"
@@ -69,10 +77,11 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
   k8s_ldflags+=" -X $pkg.gitTreeState=clean"
 done
-build_component kubernetes kubernetes "$k8s_version" "$k8s_ldflags" \
-  k8s.io/kubernetes/cmd/kube-apiserver=kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager=kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl=kubectl
+k8s_commands=(kube-apiserver kube-controller-manager kubectl)
+$with_node && k8s_commands+=(kubelet kube-scheduler kube-proxy)
+k8s_pairs=()
+for command in "${k8s_commands[@]}"; do k8s_pairs+=("k8s.io/kubernetes/cmd/$command=$command"); done
+build_component kubernetes kubernetes "$k8s_version" "$k8s_ldflags" "${k8s_pairs[@]}"
 
 if [[ -f "$here/etcd/go.mod" ]]; then
   etcd_version="$(module_version etcd go.etcd.io/etcd/server/v3)"
@@ -97,6 +106,13 @@ if [[ -f "$here/katib-validate/go.mod" ]]; then
   mkdir -p "$cluster_dir/crds/katib"
   install -m 0644 "$katib_dir"/manifests/v1beta1/components/crd/{experiment,trial,suggestion}.yaml \
     "$cluster_dir/crds/katib/"
+fi
+
+if $with_node; then
+  coredns_version="$(module_version node/coredns github.com/coredns/coredns)"
+  build_component coredns node/coredns "$coredns_version" "" .=coredns
+  pause_hash="$(sha256sum "$here/node/pause/"{main.go,go.mod} | sha256sum | cut -c1-12)"
+  build_component pause node/pause "$pause_hash" "" .=pause
 fi
 
 echo "build.sh: binaries in $cluster_dir/bin" >&2
