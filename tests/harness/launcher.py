@@ -74,7 +74,8 @@ def binaries_dir(bin_dir: Path | None = None) -> Path:
 # --- keys, certificates, kubeconfigs ---------------------------------------------------------
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM, the form every Kubernetes component reads."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -82,7 +83,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _certificate(
+def certificate(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
     issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
@@ -91,6 +92,7 @@ def _certificate(
     usage: x509.ObjectIdentifier | None = None,
     sans: Sequence[x509.GeneralName] = (),
 ) -> x509.Certificate:
+    """A certificate for `key`, signed by `issuer` (self-signed when None), valid for a week."""
     now = datetime.datetime.now(datetime.UTC)
     issuer_name, signer = issuer or (subject, key)
     builder = (
@@ -110,7 +112,8 @@ def _certificate(
     return builder.sign(signer, hashes.SHA256())
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def x509_name(common_name: str, organization: str | None = None) -> x509.Name:
+    """CN (the user, to the API server) and optional O (its group)."""
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -137,22 +140,22 @@ def write_pki(directory: Path, clients: dict[str, tuple[str, str]]) -> Pki:
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("mnist-tuning-test-ca", "mnist-tuning")
-    ca = _certificate(ca_name, ca_key, None, ca=True)
+    ca_name = x509_name("mnist-tuning-test-ca", "mnist-tuning")
+    ca = certificate(ca_name, ca_key, None, ca=True)
     written: dict[str, Path] = {}
 
     def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
         written[f"{stem}.crt"] = directory / f"{stem}.crt"
         written[f"{stem}.key"] = directory / f"{stem}.key"
         written[f"{stem}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        written[f"{stem}.key"].write_bytes(_pem_key(key))
+        written[f"{stem}.key"].write_bytes(pem_key(key))
         written[f"{stem}.key"].chmod(0o600)
 
     write("ca", ca, ca_key)
     serving_key = ec.generate_private_key(ec.SECP256R1())
     sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    serving = _certificate(
-        _name("localhost"),
+    serving = certificate(
+        x509_name("localhost"),
         serving_key,
         (ca_name, ca_key),
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
@@ -161,12 +164,12 @@ def write_pki(directory: Path, clients: dict[str, tuple[str, str]]) -> Pki:
     write("apiserver", serving, serving_key)
     for stem, (user, group) in clients.items():
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(
-            _name(user, group), key, (ca_name, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
+        cert = certificate(
+            x509_name(user, group), key, (ca_name, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
         )
         write(stem, cert, key)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (directory / "sa.key").write_bytes(_pem_key(sa_key))
+    (directory / "sa.key").write_bytes(pem_key(sa_key))
     (directory / "sa.key").chmod(0o600)
     (directory / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(
@@ -183,7 +186,8 @@ def write_pki(directory: Path, clients: dict[str, tuple[str, str]]) -> Pki:
     )
 
 
-def _b64(path: Path) -> str:
+def b64(path: Path) -> str:
+    """The file's bytes in base64, as kubeconfigs embed them."""
     return base64.b64encode(path.read_bytes()).decode()
 
 
@@ -195,7 +199,7 @@ def kubeconfig_text(server: str, ca_cert: Path, user: str, credentials: dict[str
         "clusters": [
             {
                 "name": "mnist-tuning",
-                "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)},
+                "cluster": {"server": server, "certificate-authority-data": b64(ca_cert)},
             }
         ],
         "users": [{"name": user, "user": credentials}],
@@ -207,7 +211,7 @@ def kubeconfig_text(server: str, ca_cert: Path, user: str, credentials: dict[str
 
 def client_cert_credentials(cert: Path, key: Path) -> dict[str, str]:
     """Return a kubeconfig user entry that authenticates with a client certificate."""
-    return {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)}
+    return {"client-certificate-data": b64(cert), "client-key-data": b64(key)}
 
 
 # --- processes ---------------------------------------------------------------------------------

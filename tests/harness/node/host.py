@@ -1,0 +1,319 @@
+"""What the node needs from the machine, and how to give it all back.
+
+Three jobs, all as root: install the Debian packages the node runs on (`ensure_packages`), set
+and later restore the kernel switches it flips (`Sysctls`), and find or remove every trace a
+node leaves behind (`leftovers`, `clean`), whether it stopped cleanly or was killed with SIGKILL.
+A trace is a process, a mount, a network namespace, a link, an iptables chain or a cgroup; the
+same `leftovers()` that `clean()` must empty is what the teardown test asserts is empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.network import CHAIN_PREFIXES, SERVICE_ROUTE, NetworkPlan
+
+# Debian package → a file it installs that the node runs.
+PACKAGES: dict[str, str] = {
+    "containerd": "/usr/bin/containerd",
+    "runc": "/usr/sbin/runc",
+    "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "iptables": "/usr/sbin/iptables",
+    "conntrack": "/usr/sbin/conntrack",
+    "iproute2": "/usr/sbin/ip",
+    "debootstrap": "/usr/sbin/debootstrap",
+    "mount": "/usr/bin/umount",
+}
+# Programs of a node: ours (in the node's bin/) and containerd's shims. A process running one of
+# these after the node stopped is debris.
+NODE_PROGRAMS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "containerd",
+    "containerd-shim-runc-v2",
+)
+CONTAINERD_STATE = Path("/run/containerd")
+NETNS_DIR = Path("/run/netns")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+KUBEPODS = "kubepods"
+# The kubelet links container logs here whatever its root directory; the CNI library caches
+# each attachment's result here, named after the network (ours, and the loopback network
+# containerd adds to every sandbox).
+CONTAINER_LOGS = Path("/var/log/containers")
+CNI_RESULTS = Path("/var/lib/cni/results")
+CNI_NETWORK = "mnist-node"
+CNI_NETWORKS = (CNI_NETWORK, "cni-loopback")
+SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
+
+
+class HostError(RuntimeError):
+    """The machine cannot host the node as it is; the message says what to do."""
+
+
+def require_root(what: str) -> None:
+    """Fail with one line naming the command when not root."""
+    if os.geteuid() != 0:
+        raise HostError(f"{what} needs root (containerd, kubelet, iptables): run `sudo {what}`")
+
+
+def run(argv: Sequence[str], *, check: bool = True, input_text: str | None = None) -> str:
+    """Run a host command; its stdout, or a HostError with its stderr."""
+    result = subprocess.run(
+        list(argv), input=input_text, capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        raise HostError(f"`{' '.join(argv)}` failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def missing_packages(packages: dict[str, str] = PACKAGES) -> list[str]:
+    """The packages whose marker file is not on this machine."""
+    return [name for name, marker in packages.items() if not Path(marker).exists()]
+
+
+def ensure_packages(packages: dict[str, str] = PACKAGES) -> list[str]:
+    """Install the missing packages with apt-get (one `update` first); return what it installed."""
+    missing = missing_packages(packages)
+    if not missing:
+        return []
+    require_root("apt-get install " + " ".join(missing))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+    ):
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise HostError(f"`{' '.join(argv)}` failed: {result.stderr.strip()[-2000:]}")
+    still = missing_packages(packages)
+    if still:
+        raise HostError(f"apt-get installed {missing} but these are still missing: {still}")
+    return missing
+
+
+@dataclass
+class Sysctls:
+    """Kernel switches the node turns on, saved so that teardown restores what was there."""
+
+    saved_to: Path
+
+    def enable(self) -> None:
+        """Save the current values (once per node run), then turn each switch on."""
+        if not self.saved_to.exists():
+            values = {name: _sysctl_path(name).read_text().strip() for name in SYSCTLS}
+            self.saved_to.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        for name in SYSCTLS:
+            _sysctl_path(name).write_text("1\n")
+
+    def restore(self) -> None:
+        """Write back the saved values and forget them."""
+        if not self.saved_to.exists():
+            return
+        for line in self.saved_to.read_text().splitlines():
+            name, _, value = line.partition("=")
+            _sysctl_path(name).write_text(f"{value}\n")
+        self.saved_to.unlink()
+
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+# --- traces ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Leftovers:
+    """Every trace of a node on this machine; empty after a clean teardown."""
+
+    processes: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+    netns: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    iptables: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        """True when nothing of a node is left."""
+        return not any(vars(self).values())
+
+    def describe(self) -> str:
+        """One line per kind of trace that is left."""
+        return "\n".join(
+            f"{kind}: {', '.join(items)}" for kind, items in vars(self).items() if items
+        )
+
+
+def node_processes(state_dirs: Iterable[Path]) -> dict[int, str]:
+    """pid → command line of every running node program (ours by path, or containerd's)."""
+    roots = [str(d.resolve()) for d in state_dirs]
+    found: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        program = Path(exe.removesuffix(" (deleted)")).name
+        ours = any(exe.startswith(root + "/") for root in roots)
+        if program in NODE_PROGRAMS and (ours or program.startswith("containerd")):
+            found[int(proc.name)] = " ".join(a.decode(errors="replace") for a in argv if a)
+    return found
+
+
+def node_mounts(state_dirs: Iterable[Path]) -> list[str]:
+    """Mount points below the state directories, containerd's state and /run/netns."""
+    prefixes = [str(d.resolve()) + "/" for d in state_dirs]
+    prefixes += [f"{CONTAINERD_STATE}/", f"{NETNS_DIR}/"]
+    points = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if any((point + "/").startswith(prefix) for prefix in prefixes):
+            points.append(point)
+    return points
+
+
+def node_links(plan: NetworkPlan) -> list[str]:
+    """The bridge and the veths on it."""
+    output = run(["ip", "-o", "link", "show"], check=False)
+    names = [line.split(":")[1].strip().split("@")[0] for line in output.splitlines()]
+    ours = {plan.bridge}
+    bridged = run(["ip", "-o", "link", "show", "master", plan.bridge], check=False)
+    ours |= {line.split(":")[1].strip().split("@")[0] for line in bridged.splitlines()}
+    return [name for name in names if name in ours]
+
+
+def node_routes() -> list[str]:
+    """The route that keeps the service range on this machine, if it is there."""
+    return run(["ip", "route", "show", *SERVICE_ROUTE], check=False).splitlines()
+
+
+def node_files(state_dirs: Iterable[Path]) -> list[str]:
+    """Files the kubelet and the CNI plugins write outside the state directory."""
+    roots = [str(d.resolve()) for d in state_dirs]
+    files = [str(p) for net in CNI_NETWORKS for p in CNI_RESULTS.glob(f"{net}-*")]
+    if CONTAINER_LOGS.is_dir():
+        for link in CONTAINER_LOGS.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(tuple(roots)):
+                files.append(str(link))
+    return files
+
+
+def node_chains() -> list[str]:
+    """iptables chains of kube-proxy (KUBE-*), CNI (CNI-*) and our guard, as table/chain."""
+    chains = []
+    for table in ("filter", "nat", "mangle"):
+        for line in run(["iptables-save", "-t", table], check=False).splitlines():
+            if line.startswith(":") and line[1:].startswith(CHAIN_PREFIXES):
+                chains.append(f"{table}/{line[1:].split()[0]}")
+    return chains
+
+
+def node_cgroups() -> list[str]:
+    """The kubelet's `kubepods` cgroup in each v1 hierarchy and in the unified one."""
+    return [str(path) for path in sorted(CGROUP_ROOT.glob(f"*/{KUBEPODS}")) if path.is_dir()]
+
+
+def leftovers(state_dirs: Iterable[Path], plan: NetworkPlan) -> Leftovers:
+    """Every trace of a node on this machine right now."""
+    dirs = list(state_dirs)
+    netns = [p.name for p in NETNS_DIR.glob("cni-*")] if NETNS_DIR.is_dir() else []
+    return Leftovers(
+        processes=[f"{pid} {argv}" for pid, argv in sorted(node_processes(dirs).items())],
+        mounts=node_mounts(dirs),
+        netns=netns,
+        links=node_links(plan),
+        routes=node_routes(),
+        files=node_files(dirs),
+        iptables=node_chains(),
+        cgroups=node_cgroups(),
+    )
+
+
+def kill_processes(state_dirs: Iterable[Path], grace_s: float = 10.0) -> None:
+    """SIGTERM every node program, then SIGKILL what is still there after `grace_s`."""
+    dirs = list(state_dirs)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = node_processes(dirs)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = {pid: a for pid, a in pids.items() if Path(f"/proc/{pid}").exists()}
+            time.sleep(0.1)
+
+
+def _kill_cgroup_members() -> None:
+    """SIGKILL every process left in a kubepods cgroup: containers whose shim is gone."""
+    for hierarchy in node_cgroups():
+        for procs in Path(hierarchy).rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def _remove_cgroups() -> None:
+    """rmdir every kubepods cgroup, deepest first (they are empty once their processes died)."""
+    deadline = time.monotonic() + 10
+    while node_cgroups() and time.monotonic() < deadline:
+        for hierarchy in node_cgroups():
+            for directory in sorted(Path(hierarchy).rglob("*"), key=lambda p: -len(p.parts)):
+                if directory.is_dir():
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+            with contextlib.suppress(OSError):
+                Path(hierarchy).rmdir()
+        time.sleep(0.1)
+
+
+def _remove_chains() -> None:
+    """Drop every KUBE-*/CNI-*/guard chain and every rule that names one, leaving the rest."""
+    for table in ("filter", "nat", "mangle"):
+        saved = run(["iptables-save", "-t", table], check=False)
+        if not any(prefix in saved for prefix in CHAIN_PREFIXES):
+            continue
+        kept = [line for line in saved.splitlines() if not any(p in line for p in CHAIN_PREFIXES)]
+        run(["iptables-restore", "-T", table], input_text="\n".join(kept) + "\n")
+
+
+def clean(state_dirs: Iterable[Path], plan: NetworkPlan) -> Leftovers:
+    """Remove every trace of a node (processes first, then what they held); return what is left."""
+    dirs = list(state_dirs)
+    kill_processes(dirs)
+    _kill_cgroup_members()
+    for point in sorted(node_mounts(dirs), key=len, reverse=True):
+        run(["umount", "-l", point], check=False)
+    if NETNS_DIR.is_dir():
+        for namespace in NETNS_DIR.glob("cni-*"):
+            with contextlib.suppress(OSError):
+                namespace.unlink()
+    shutil.rmtree(CONTAINERD_STATE, ignore_errors=True)
+    for link in node_links(plan):
+        run(["ip", "link", "delete", link], check=False)
+    if node_routes():
+        run(["ip", "route", "del", *SERVICE_ROUTE])
+    for path in node_files(dirs):
+        Path(path).unlink(missing_ok=True)
+    for folder in (CONTAINER_LOGS, CNI_RESULTS, CNI_RESULTS.parent):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    _remove_chains()
+    _remove_cgroups()
+    return leftovers(dirs, plan)

@@ -1,0 +1,458 @@
+"""Bring one single-node Kubernetes up on this machine, and take it down without a trace.
+
+`up()` first removes whatever a previous node left (even one killed with SIGKILL), then prepares
+the host (packages, sysctls, the network guard), starts containerd, imports the images, starts
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet and kube-proxy as
+processes in their own sessions (they outlive the command that started them), deploys CoreDNS
+and returns once the node is Ready and the cluster DNS answers. `down()` stops everything and
+checks that nothing is left. Only one node can run on a machine (containerd's /run paths, the
+bridge, the ports), so the machine-wide record in /run names the state directory in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from launcher import free_port, log_tail
+
+from node import host, images, network
+from node.configs import (
+    API_PORT,
+    COREDNS_IMAGE,
+    NODE_NAME,
+    PAUSE_IMAGE,
+    Layout,
+    cni_config,
+    containerd_config,
+    coredns_manifests,
+    kube_proxy_config,
+    kubelet_config,
+)
+from node.network import API_SERVICE_IP, DNS_SERVICE_IP, SERVICE_RANGE, NetworkPlan
+from node.pki import write_node_pki
+
+RECORD = Path("/run/mnist-tuning-node.json")
+SAVED_SYSCTLS = Path("/run/mnist-tuning-node.sysctls")
+PROGRAMS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "coredns",
+    "pause",
+)
+START_TIMEOUT_S = 180.0
+# The Debian userland the node's own tests run in: python3 serves HTTP, answers webhooks and
+# resolves names through glibc, like the images our product ships.
+TEST_USERLAND = images.DebianUserland("bookworm", ("python3",))
+
+
+def test_image() -> str:
+    """The name of the Debian test image; its tag is the userland's cache key."""
+    return f"localhost/mnist-tuning/debian-python:bookworm-{TEST_USERLAND.key()}"
+
+
+class NodeError(RuntimeError):
+    """The node could not be started or stopped; the message says why and where the logs are."""
+
+
+def cache_dir() -> Path:
+    """The cache the harness shares with build.sh."""
+    if os.environ.get("MNIST_TUNING_CACHE"):
+        return Path(os.environ["MNIST_TUNING_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mnist-tuning"
+
+
+def outside_plan() -> NetworkPlan:
+    """The node address and outside interface: those of this machine's default route."""
+    route = host.run(["ip", "-4", "route", "show", "default"], check=False)
+    addresses = ""
+    if " dev " in route:
+        interface = route.split(" dev ")[1].split()[0]
+        addresses = host.run(
+            ["ip", "-4", "-o", "addr", "show", "dev", interface, "scope", "global"]
+        )
+    try:
+        interface, address = network.parse_default_route(route, addresses)
+    except ValueError as error:
+        raise NodeError(f"cannot tell this machine's outside interface: {error}") from None
+    return NetworkPlan(node_ip=address, outside=interface)
+
+
+@dataclass
+class Timings:
+    """Seconds from the start of `up()` to each milestone, for the notes and benchmarks."""
+
+    started: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, what: str) -> None:
+        """Record that `what` is done now."""
+        self.marks[what] = round(time.monotonic() - self.started, 2)
+
+
+@dataclass(frozen=True)
+class RunningNode:
+    """A node that is up: how to reach it."""
+
+    layout: Layout
+    plan: NetworkPlan
+    timings: dict[str, float]
+
+    def kubectl(
+        self, *args: str, input_text: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl as the cluster admin; raise NodeError with stderr when `check` and it fails."""
+        result = subprocess.run(
+            [str(self.layout.bin / "kubectl"), f"--kubeconfig={self.layout.kubeconfig}", *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise NodeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def apply(self, documents: Sequence[dict[str, Any]]) -> None:
+        """`kubectl apply` of manifests given as dicts."""
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+
+
+class Node:
+    """One node's processes, in one state directory."""
+
+    def __init__(self, root: Path, source_bin: Path) -> None:
+        self.layout = Layout(root.resolve())
+        self.source_bin = source_bin
+        self.plan = outside_plan()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _start(self, name: str, argv: Sequence[str]) -> None:
+        """Start a process in its own session (it outlives us), logging to logs/NAME.log."""
+        with (self.layout.logs / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (self.layout.pids / name).write_text(f"{self.processes[name].pid}\n")
+
+    def _wait(self, what: str, ready: Callable[[], bool], watched: str | None = None) -> None:
+        """Poll `ready()`; fail at once, with its log, if the `watched` process exits."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            process = self.processes.get(watched or "")
+            if process is not None and process.poll() is not None:
+                raise NodeError(
+                    f"{watched} exited ({process.returncode}) before {what}:\n"
+                    f"{log_tail(self.layout.logs / f'{watched}.log')}"
+                )
+            try:
+                if ready():
+                    return
+            except (OSError, subprocess.SubprocessError):
+                pass
+            time.sleep(0.2)
+        raise NodeError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for {what}")
+
+    def _running(self, timings: Timings) -> RunningNode:
+        return RunningNode(self.layout, self.plan, timings.marks)
+
+    def _succeeds(self, *argv: str) -> Callable[[], bool]:
+        return lambda: (
+            subprocess.run(list(argv), capture_output=True, timeout=10, check=False).returncode == 0
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def previous_roots(self) -> list[Path]:
+        """State directories a node on this machine used: this one and the recorded one."""
+        roots, recorded = [self.layout.root], recorded_root()
+        if recorded is not None and recorded != self.layout.root:
+            roots.append(recorded)
+        return roots
+
+    def up(self) -> RunningNode:
+        """Start the node from scratch (cleaning any debris first); return once DNS answers."""
+        host.require_root("make katib-cluster")
+        timings = Timings()
+        host.ensure_packages()
+        missing = [p for p in PROGRAMS if not os.access(self.source_bin / p, os.X_OK)]
+        if missing:
+            raise NodeError(
+                f"missing node programs in {self.source_bin}: {', '.join(missing)}; "
+                "run `make binaries` (tests/harness/build.sh node builds them, cached afterwards)"
+            )
+        self.down()
+        timings.mark("debris cleaned")
+        try:
+            self._prepare_host()
+            self._install_programs()
+            timings.mark("host prepared")
+            self._start_containerd()
+            timings.mark("containerd up")
+            self._import_images()
+            timings.mark("images imported")
+            self._start_control_plane()
+            timings.mark("apiserver ready")
+            return self._start_node(timings)
+        except BaseException:
+            self.down()
+            raise
+
+    def _prepare_host(self) -> None:
+        layout = self.layout
+        for directory in (layout.bin, layout.etc / "cni", layout.etc / "manifests", layout.logs):
+            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (layout.var, layout.pids):
+            directory.mkdir(parents=True, exist_ok=True)
+        RECORD.write_text(json.dumps({"root": str(layout.root), "plan": vars(self.plan)}))
+        host.Sysctls(SAVED_SYSCTLS).enable()
+        host.run(["ip", "route", "add", *network.SERVICE_ROUTE])
+        for rule in network.guard_rules(self.plan):
+            host.run(["iptables", "-w", *rule])
+
+    def _install_programs(self) -> None:
+        for program in PROGRAMS:
+            target = self.layout.bin / program
+            target.unlink(missing_ok=True)
+            try:
+                os.link(self.source_bin / program, target)
+            except OSError:
+                shutil.copy2(self.source_bin / program, target)
+
+    def _start_containerd(self) -> None:
+        config = self.layout.etc / "containerd.toml"
+        config.write_text(containerd_config(self.layout))
+        (self.layout.etc / "cni" / "10-mnist-node.conflist").write_text(
+            cni_config(self.layout, self.plan)
+        )
+        self._start("containerd", ["containerd", "--config", str(config)])
+        self._wait("containerd to answer", self._succeeds("ctr", "version"), "containerd")
+
+    def _import_images(self) -> None:
+        work = self.layout.var / "images"
+        work.mkdir(parents=True, exist_ok=True)
+        statics = {
+            PAUSE_IMAGE: (
+                {"/pause": self.source_bin / "pause"},
+                images.ImageConfig(entrypoint=["/pause"]),
+            ),
+            COREDNS_IMAGE: (
+                {"/coredns": self.source_bin / "coredns"},
+                images.ImageConfig(entrypoint=["/coredns"]),
+            ),
+        }
+        archives = []
+        for name, (binaries, config) in statics.items():
+            stem = name.rpartition("/")[2].replace(":", "-")
+            rootfs = images.static_rootfs(work / f"rootfs-{stem}", binaries)
+            layer = work / f"{stem}.layer.tar"
+            images.write_layer(rootfs, layer)
+            archives.append(work / f"{stem}.oci.tar")
+            images.write_oci_archive(layer, name, config, archives[-1])
+        layer = TEST_USERLAND.layer(cache_dir() / "images", images.debian_mirror())
+        archives.append(work / "debian-python.oci.tar")
+        images.write_oci_archive(
+            layer, test_image(), images.ImageConfig(cmd=["python3"]), archives[-1]
+        )
+        for archive in archives:
+            images.import_archive(["ctr"], archive)
+        shutil.rmtree(work)
+
+    def _start_control_plane(self) -> None:
+        layout, plan = self.layout, self.plan
+        server = f"https://{plan.node_ip}:{API_PORT}"
+        write_node_pki(layout, plan.node_ip, server)
+        pki = layout.pki
+        etcd_url = f"http://127.0.0.1:{free_port()}"
+        self._start(
+            "etcd",
+            [
+                str(layout.bin / "etcd"),
+                f"--data-dir={layout.var / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd healthy", lambda: _http_ok(f"{etcd_url}/health"), "etcd")
+        self._start(
+            "kube-apiserver",
+            [
+                str(layout.bin / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                f"--bind-address={plan.node_ip}",
+                f"--secure-port={API_PORT}",
+                f"--advertise-address={plan.node_ip}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+        )
+        kubectl = [str(layout.bin / "kubectl"), f"--kubeconfig={layout.kubeconfig}"]
+        self._wait(
+            "kube-apiserver ready",
+            self._succeeds(*kubectl, "get", "--raw", "/readyz"),
+            "kube-apiserver",
+        )
+        self._start(
+            "kube-controller-manager",
+            [
+                str(layout.bin / "kube-controller-manager"),
+                f"--kubeconfig={layout.kubeconfig_of('controller-manager')}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--controllers=*",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                "--allocate-node-cidrs=false",
+                f"--flex-volume-plugin-dir={layout.var / 'kubelet-plugins'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+            ],
+        )
+        scheduler = layout.kubeconfig_of("scheduler")
+        self._start(
+            "kube-scheduler",
+            [
+                str(layout.bin / "kube-scheduler"),
+                f"--kubeconfig={scheduler}",
+                f"--authentication-kubeconfig={scheduler}",
+                f"--authorization-kubeconfig={scheduler}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=10259",
+            ],
+        )
+
+    def _start_node(self, timings: Timings) -> RunningNode:
+        layout = self.layout
+        kubelet_yaml = layout.etc / "kubelet.yaml"
+        kubelet_yaml.write_text(yaml.safe_dump(kubelet_config(layout, self.plan)))
+        proxy_yaml = layout.etc / "kube-proxy.yaml"
+        proxy_yaml.write_text(yaml.safe_dump(kube_proxy_config(layout)))
+        self._start(
+            "kubelet",
+            [
+                str(layout.bin / "kubelet"),
+                f"--config={kubelet_yaml}",
+                f"--kubeconfig={layout.kubeconfig_of('kubelet')}",
+                f"--root-dir={layout.var / 'kubelet'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={self.plan.node_ip}",
+            ],
+        )
+        self._start("kube-proxy", [str(layout.bin / "kube-proxy"), f"--config={proxy_yaml}"])
+        running = self._running(timings)
+        self._wait(
+            "the node to be Ready",
+            lambda: (
+                running.kubectl(
+                    "wait",
+                    "--for=condition=Ready",
+                    f"node/{NODE_NAME}",
+                    "--timeout=2s",
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            "kubelet",
+        )
+        timings.mark("node Ready")
+        self._wait(
+            "the default ServiceAccount",
+            lambda: (
+                running.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+            ),
+        )
+        running.apply(coredns_manifests())
+        self._wait(
+            "CoreDNS to answer for the kubernetes Service",
+            lambda: (
+                network.resolve(DNS_SERVICE_IP, "kubernetes.default.svc.cluster.local")
+                == [API_SERVICE_IP]
+            ),
+        )
+        timings.mark("DNS answering")
+        (layout.root / "timings.json").write_text(json.dumps(timings.marks, indent=2))
+        return self._running(timings)
+
+    def down(self) -> host.Leftovers:
+        """Stop every process and remove every trace; raise NodeError if something is left."""
+        roots = self.previous_roots()
+        left = host.clean(roots, self.plan)
+        host.Sysctls(SAVED_SYSCTLS).restore()
+        for root in roots:
+            for stale in ("pids", "var"):
+                shutil.rmtree(root / stale, ignore_errors=True)
+        RECORD.unlink(missing_ok=True)
+        if not left.empty():
+            raise NodeError(f"the node left traces on this machine:\n{left.describe()}")
+        return left
+
+    def leftovers(self) -> host.Leftovers:
+        """Every trace of a node on this machine right now."""
+        return host.leftovers(self.previous_roots(), self.plan)
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def recorded_root() -> Path | None:
+    """The state directory of the node this machine last started and has not stopped."""
+    if not RECORD.exists():
+        return None
+    return Path(json.loads(RECORD.read_text())["root"])
+
+
+def read_running(root: Path) -> RunningNode | None:
+    """The node running from `root`, if the record says so and its API answers."""
+    layout = Layout(root.resolve())
+    if recorded_root() != layout.root or not layout.kubeconfig.exists():
+        return None
+    record = json.loads(RECORD.read_text())
+    timings_file = layout.root / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    running = RunningNode(layout, NetworkPlan(**record["plan"]), timings)
+    if running.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode != 0:
+        return None
+    return running
