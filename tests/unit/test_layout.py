@@ -23,6 +23,7 @@ LAYOUT = [
     "tests/controlplane",
     "tests/trainer",
     "tests/local",
+    "tests/node",
     "tests/e2e",
     "benchmarks",
     "Dockerfile.operator",

@@ -1,0 +1,56 @@
+"""What the node tier applies: pods of the locally built Debian test image; waits on them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from node.node import RunningNode, test_image
+
+WAIT_S = 120.0
+
+
+def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    """A container of the test image running a Python script (never pulled)."""
+    return {
+        "name": name,
+        "image": test_image(),
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-u", "-c", script],
+        **extra,
+    }
+
+
+def pod(name: str, namespace: str, *containers: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A pod that runs its containers once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "containers": list(containers), **spec},
+    }
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    """Poll `condition` until it holds; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def wait_pod_phase(node: RunningNode, namespace: str, name: str, phases: set[str]) -> str:
+    """The pod's phase once it is one of `phases` (e.g. Succeeded, Failed)."""
+    seen = ""
+
+    def reached() -> bool:
+        nonlocal seen
+        got = node.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+        seen = json.loads(got.stdout)["status"].get("phase", "") if got.returncode == 0 else ""
+        return seen in phases
+
+    wait_for(f"pod {namespace}/{name} to reach {sorted(phases)}", reached)
+    return seen
