@@ -8,29 +8,36 @@ Katib's shapes; everything else (API server, garbage collector, kubectl) is real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import katib_standin
 import pytest
 import yaml
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
+from kubernetes import client, config, watch
 from launcher import REPO_ROOT, ControlPlane, free_port
 from mnist_tuning.api.expand import expand
-from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.spec import GROUP, PLURAL, VERSION, parse_tuning
 from mnist_tuning.controller import conditions as c
+from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, RBAC_DENIAL
+from urllib3.exceptions import HTTPError
 
 OPERATOR_NS = "mnist-tuning-system"
 OPERATOR_SA = "mnist-tuning-operator"
 KOPF_MARKS = ("kopf.zalando.org", "operator.tuning.mnist.dev/")
 T = TypeVar("T")
+QUIET_S = 3.0  # longer than the status interval and the test's retry backoff
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +225,8 @@ def operator(operator_kubeconfig: Path, namespace: str, tmp_path: Path) -> Itera
     print(running.tail(200))  # shown by pytest when the test fails
     log = running.log.read_text(errors="replace")
     assert "Traceback" not in log, running.tail(120)
+    # Every flow runs under the trimmed ServiceAccount: any verb it lacked shows here.
+    assert not RBAC_DENIAL.search(log), running.tail(120)
 
 
 def assert_untouched_by_kopf(experiment: dict[str, Any]) -> None:
@@ -480,6 +489,92 @@ def test_search_edit_replaces_the_experiment_and_status_follows_the_new_one(
 
 
 # ---------------------------------------------------------------------------------------------
+# write economy, counted from a watch
+
+
+class TuningWrites:
+    """Every write to one tuning from now on, as a watch on its namespace sees them."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, name: str) -> None:
+        self.api = client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig)))
+        self.name = name
+        self.changes: list[dict[str, Any]] = []
+        since = self.api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        self._watch = watch.Watch()
+        stream = self._watch.stream(
+            self.api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            resource_version=since["metadata"]["resourceVersion"],
+        )
+        threading.Thread(target=self._follow, args=(stream,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+    def _follow(self, stream: Iterator[dict[str, Any]]) -> None:
+        with contextlib.suppress(HTTPError, OSError):  # the control plane stops under it
+            for change in stream:
+                if change["object"]["metadata"]["name"] == self.name:
+                    self.changes.append(change)
+
+    def writes(self) -> int:
+        return sum(change["type"] == "MODIFIED" for change in self.changes)
+
+
+@pytest.fixture
+def watch_writes(
+    control_plane: ControlPlane, namespace: str
+) -> Iterator[Callable[[str], TuningWrites]]:
+    """Start counting a tuning's writes; every watch stops with the test (no reconnects)."""
+    started: list[TuningWrites] = []
+
+    def start(name: str) -> TuningWrites:
+        started.append(TuningWrites(control_plane, namespace, name))
+        return started[-1]
+
+    yield start
+    for writes in started:
+        writes.stop()
+
+
+def test_a_new_tuning_costs_one_status_write_and_one_event(
+    cluster: Cluster, watch_writes: Callable[[str], TuningWrites], operator: Operator
+) -> None:
+    writes = watch_writes("one")
+    name = cluster.start("one")
+    time.sleep(QUIET_S)  # whatever would still follow the first write has had its time
+    assert writes.writes() == 1, [c["object"].get("status") for c in writes.changes]
+    (written,) = [c["object"] for c in writes.changes if c["type"] == "MODIFIED"]
+    assert written["status"]["experiment"] == name
+    assert not [k for k in written["metadata"].get("annotations") or {} if k.startswith(KOPF_MARKS)]
+    events = cluster.events("one")
+    assert [(e["reason"], e.get("count", 1)) for e in events] == [(c.EXPERIMENT_CREATED, 1)]
+
+
+def test_a_burst_of_experiment_updates_costs_at_most_two_status_writes(
+    cluster: Cluster, watch_writes: Callable[[str], TuningWrites], operator: Operator
+) -> None:
+    name = cluster.start("burst")
+    writes = watch_writes("burst")
+    at = katib_standin.now()
+    for running in range(1, 11):
+        trials = [f"burst-t{i}" for i in range(running)]
+        status = katib_standin.with_trials(
+            katib_standin.running(katib_standin.created(at), at), running=trials
+        )
+        writes.api.patch_namespaced_custom_object_status(
+            KATIB_GROUP, KATIB_VERSION, cluster.ns, EXPERIMENTS, name, {"status": status}
+        )
+    wait_for(lambda: cluster.status("burst")["trials"]["running"] == 10, "the last update mirrored")
+    time.sleep(QUIET_S)
+    assert 1 <= writes.writes() <= 2, [c["object"]["status"]["trials"] for c in writes.changes]
+    assert cluster.status("burst")["phase"] == "Running"
+
+
+# ---------------------------------------------------------------------------------------------
 # 8. namespace not enabled
 
 
@@ -642,11 +737,23 @@ def test_deletion_never_hangs_while_the_operator_is_down(
 # RBAC: what the ServiceAccount may and may not do
 
 
+TUNINGS = "mnisttunings.tuning.mnist.dev"
+
+
 @pytest.mark.parametrize(
     ("verb", "resource", "allowed"),
     [
         ("create", "experiments.kubeflow.org", True),
-        ("patch", "mnisttunings.tuning.mnist.dev/status", True),
+        ("delete", "experiments.kubeflow.org", True),
+        ("patch", f"{TUNINGS} --subresource=status", True),
+        ("watch", TUNINGS, True),
+        ("create", "events", True),
+        # Trimmed: kopf keeps no bookkeeping on tunings, and nothing reads or updates them
+        # beyond the watch, the status patch and one Event per post.
+        ("patch", TUNINGS, False),
+        ("get", TUNINGS, False),
+        ("get", f"{TUNINGS} --subresource=status", False),
+        ("patch", "events", False),
         ("get", "secrets", False),
         ("list", "secrets", False),
         ("list", "pods", False),
@@ -668,7 +775,7 @@ def test_service_account_can_do_only_what_the_operator_needs(
         "auth",
         "can-i",
         verb,
-        resource,
+        *resource.split(),
         "-n",
         "default",
         kubeconfig=operator_kubeconfig,

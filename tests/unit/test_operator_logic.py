@@ -10,6 +10,7 @@ from kubernetes.client.exceptions import ApiException
 from mnist_tuning.api.spec import parse_tuning
 from mnist_tuning.controller import conditions as c
 from mnist_tuning.controller.kube import refusal
+from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.reconcile import (
     is_settled,
     mirrored_status,
@@ -180,3 +181,19 @@ def test_refusals_are_sorted_into_what_the_operator_does() -> None:
     assert webhook.message == 'admission webhook "v" denied the request: bad'
     assert refusal(api_error(422, "invalid")).refused
     assert not refusal(api_error(500, "etcd timeout")).refused
+
+
+def test_the_queue_holds_a_key_once_and_brings_one_added_while_held_back_after() -> None:
+    queue: DelayQueue[str] = DelayQueue()
+    queue.add("a", 60)
+    queue.add("a")  # the sooner due time wins
+    queue.add("b", 60)
+    assert queue.get() == "a"
+    queue.add("a")  # held: no second worker gets it
+    queue.add("c")
+    assert queue.get() == "c"
+    queue.done("c")
+    queue.done("a")  # added while held: due again
+    assert queue.get() == "a"
+    queue.close()
+    assert queue.get() is None

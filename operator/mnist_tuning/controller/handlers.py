@@ -1,21 +1,36 @@
-"""kopf handlers: reconcile a MnistTuning into its Experiment, and follow Experiments back.
+"""kopf watches, a level-triggered reconcile does the rest: one write per change, no bookkeeping.
 
-Two entry points write a tuning's status: the spec handlers (create/update/resume) and
-the Experiment watch. Both read the tuning fresh and compute the whole status under a
-per-tuning lock, so the last writer always writes from the newest state. Nothing is
-ever written onto Katib's objects except the Experiment we render, and no finalizer is
-added anywhere (there are no deletion handlers, daemons or timers): owner references
-clean up, so deleting a tuning never waits for the operator.
+kopf only watches here. Tunings and our Experiments reach `on.event` handlers, which keep
+the newest body of each and queue the tuning's key; kopf has no change handlers, so it
+writes no progress or diff-base annotations and adds no finalizer anywhere. Worker
+threads take keys off a `DelayQueue` and make the tuning what its newest state asks for:
+
+- The reconcile computes the whole status and writes it as one merge patch against what it
+  last wrote, only when it differs. A restart, a replayed watch, our own write coming back
+  as an event: each reconciles to the same status and writes nothing. A generation is done
+  (left alone) once its status says it ended with that `observedGeneration`.
+- Experiment events coalesce: a key is queued once, and a tuning whose status was written
+  less than `status_interval_seconds` ago waits out the rest of it, so a burst of Katib
+  updates costs one write at its start and one at its end.
+- Events are posted for what happened (created, replaced, recreated, budget patched) and,
+  only with a status change, for what it shows (a fault, a better best trial, the end).
+- Faults that may heal (namespace not labelled, Katib missing, RBAC) queue the key again
+  with exponential backoff; a refusal or an invalid spec waits for a new generation.
+- The watch tells which Experiments a tuning owns, so stale ones (a replaced or invalid
+  spec, one left by a restart) are deleted without a list call, and one deleted behind our
+  back queues its tuning, which creates it again unless that generation had ended.
+
+Owner references clean up after a deleted tuning, so deleting one never waits for us.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -41,9 +56,11 @@ from mnist_tuning.api.spec import (
 )
 from mnist_tuning.controller import conditions as c
 from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, Kube, refusal
+from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.reconcile import (
     Event,
     fault_status,
+    invalid_status,
     is_settled,
     katib_found,
     mirrored_status,
@@ -54,217 +71,309 @@ from mnist_tuning.controller.reconcile import (
 from mnist_tuning.controller.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
+logger = logging.getLogger("mnist_tuning.operator")
 
-ANNOTATION_RESYNC = f"{GROUP}/experiment-lost"
 NAMESPACE_CACHE_SECONDS = 10.0  # how long a namespace's Katib label is trusted
-STATUS_CACHE_SIZE = 10_000
-# kopf's own bookkeeping lives under a separate prefix: kopf ignores changes to annotations
-# under its prefix, and ANNOTATION_RESYNC must count as a change.
-KOPF_PREFIX = f"operator.{GROUP}"
-LOCK_STRIPES = 64
+Key = tuple[str, str]  # a tuning's (namespace, name)
+# The parts of an Experiment the reconcile reads: summarize() and budget_of().
+EXPERIMENT_SPEC_KEYS = ("algorithm", "maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
+
+
+class RetryError(Exception):
+    """Reconcile this tuning again later; the message says what it waits for."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One spec generation, parsed and expanded once."""
+
+    generation: int | None
+    tuning: MnistTuning | None
+    wanted: dict[str, Any]
+    invalid: str = ""
 
 
 @dataclass
 class Operator:
-    """What the handlers share: the API client, the settings and the per-tuning locks."""
+    """What the handlers and workers share: the API, the watched objects, the queue."""
 
     kube: Kube
     settings: OperatorSettings
-    _locks: tuple[threading.Lock, ...] = field(
-        default_factory=lambda: tuple(threading.Lock() for _ in range(LOCK_STRIPES))
-    )
+    queue: DelayQueue[Key] = field(default_factory=DelayQueue)
+    _tunings: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    _experiments: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # The operator is the only writer of a tuning's status, so what it last wrote (by uid) is
-    # the current status; this saves re-reading tunings and never trails our own writes.
-    _written: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    # the current status, even before the watch brings our own write back.
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _plans: dict[str, Plan] = field(default_factory=dict)
+    _last_write: dict[Key, float] = field(default_factory=dict)
+    _retries: dict[Key, int] = field(default_factory=dict)
+    _refused_budgets: set[tuple[str, int | None]] = field(default_factory=set)  # (uid, generation)
     _enabled_namespaces: dict[str, float] = field(default_factory=dict)
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def lock(self, namespace: str, name: str) -> threading.Lock:
-        """One lock per tuning (striped, so memory stays flat with many tunings)."""
-        return self._locks[hash((namespace, name)) % LOCK_STRIPES]
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def default_image(self) -> str:
         """The trainer image for tunings that do not name one."""
         return self.settings.trial_image or DEFAULT_TRAINER_IMAGE
 
-    def status_of(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        """Return the current status: what we last wrote, else what the body carries."""
-        with self._cache_lock:
+    # -- what the watches see ----------------------------------------------------------------
+
+    def saw_tuning(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest tuning; reconcile a new spec now, anything else coalesced."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            before = self._tunings.pop(key, None)
+            if event_type == "DELETED":
+                self._last_write.pop(key, None)
+                self._retries.pop(key, None)
+                if before is not None:
+                    uid = before["metadata"]["uid"]
+                    self._written.pop(uid, None)
+                    self._plans.pop(uid, None)
+                    self._refused_budgets = {r for r in self._refused_budgets if r[0] != uid}
+                return
+            self._tunings[key] = _trimmed(body, ("spec", "status"))
+        # Our own status write comes back here too: it must not cut a coalesced burst short.
+        same = before is not None and all(
+            before["metadata"].get(k) == meta.get(k) for k in ("uid", "generation")
+        )
+        self.queue.add(key, self._coalesced(key) if same else 0.0)
+
+    def saw_experiment(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest Experiment under its tuning; reconcile that one, coalesced."""
+        owner = _owner(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        key = (meta["namespace"], str(owner["name"]))
+        with self._lock:
+            owned = self._experiments.setdefault(key, {})
+            if event_type == "DELETED":
+                owned.pop(meta["name"], None)
+                if not owned:
+                    del self._experiments[key]
+            else:
+                owned[meta["name"]] = _trimmed(body, ("status",), EXPERIMENT_SPEC_KEYS)
+        self.queue.add(key, self._coalesced(key))
+
+    def _coalesced(self, key: Key) -> float:
+        """Return how long a change must wait: until the last write's interval is over."""
+        with self._lock:
+            written = self._last_write.get(key)
+        if written is None:
+            return 0.0
+        return written + self.settings.status_interval_seconds - time.monotonic()
+
+    # -- the workers ---------------------------------------------------------------------------
+
+    def work(self) -> None:
+        """Reconcile keys until the queue closes; a failing key comes back with backoff."""
+        while (key := self.queue.get()) is not None:
+            again: float | None = None  # seconds until this key is tried again
+            try:
+                self.reconcile(key)
+            except _SettledError as settled:
+                logger.info("%s/%s: %s", *key, settled)
+            except RetryError as retry:
+                logger.info("%s/%s: %s", *key, retry)
+                again = self._backoff(key) if retry.delay is None else retry.delay
+            except ApiException as exc:
+                logger.warning("%s/%s: the API server answered %s %s", *key, exc.status, exc.reason)
+                again = self._backoff(key)
+            except Exception:
+                logger.exception("%s/%s: reconcile failed", *key)
+                again = self._backoff(key)
+            finally:
+                self.queue.done(key)
+            if again is None:
+                with self._lock:
+                    self._retries.pop(key, None)
+            else:
+                self.queue.add(key, again)
+
+    def _backoff(self, key: Key) -> float:
+        """Return the next delay for a key that keeps failing (it doubles up to a cap)."""
+        with self._lock:
+            tries = self._retries.get(key, 0)
+            self._retries[key] = tries + 1
+        return self.settings.retry_delay(tries)
+
+    def reconcile(self, key: Key) -> None:
+        """Make the tuning's Experiment and status what its newest spec asks for."""
+        with self._lock:
+            body = self._tunings.get(key)
+            owned = list(self._experiments.get(key, {}).values())
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        meta = body["metadata"]
+        uid = meta["uid"]
+        old = self._status_of(body)
+        plan = self._plan(body)
+        mine = [e for e in owned if _owner_uid(e) == uid]
+        if plan.tuning is None:
+            # No Experiment serves an invalid spec; one left running would run beside the
+            # fixed spec's (the status no longer names it).
+            self._delete_stale(mine, keep=None)
+            new = invalid_status(old, message=plan.invalid, generation=plan.generation, at=c.now())
+            self._write(body, old, new, on_change=[Event("Warning", c.SPEC_INVALID, plan.invalid)])
+            return
+        if is_settled(old, plan.generation):
+            return
+        tuning, wanted = plan.tuning, plan.wanted
+        name = wanted["metadata"]["name"]
+        experiment = next((e for e in mine if e["metadata"]["name"] == name), None)
+        if experiment is not None and experiment["metadata"].get("deletionTimestamp"):
+            raise RetryError(f"Experiment {name} is being deleted", delay=1.0)
+        happened: list[Event] = []
+        if experiment is None:
+            # Only a create needs the label: an Experiment that exists was let in already.
+            if not self.namespace_enabled(meta["namespace"]):
+                self._fault(body, old, tuning, "Pending", c.namespace_message(meta["namespace"]))
+            experiment, created = self._create(body, old, tuning, wanted, mine)
+            if created:
+                replaced = [
+                    e["metadata"]["name"]
+                    for e in mine
+                    if e["metadata"]["name"] != name and not e["metadata"].get("deletionTimestamp")
+                ]
+                happened.append(_created_event(old, name, replaced))
+        experiment, patched = self._patch_budget(body, tuning, old, experiment, wanted)
+        happened.extend(patched)
+        self._delete_stale(mine, keep=name)
+        new = mirrored_status(tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now())
+        self._write(body, old, new, happened=happened, on_change=status_events(tuning, old, new))
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _plan(self, body: Mapping[str, Any]) -> Plan:
+        """Parse and expand a generation once; later reconciles of it reuse the result."""
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        with self._lock:
+            plan = self._plans.get(meta["uid"])
+        if plan is not None and plan.generation == generation:
+            return plan
+        try:
+            tuning = parse_tuning(body)
+            plan = Plan(generation, tuning, expand(tuning, default_image=self.default_image))
+        except SpecError as exc:
+            plan = Plan(generation, None, {}, invalid=str(exc))
+        with self._lock:
+            self._plans[meta["uid"]] = plan
+        return plan
+
+    def _status_of(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        with self._lock:
             written = self._written.get(body["metadata"]["uid"])
         return written if written is not None else (body.get("status") or {})
-
-    def _remember(self, uid: str, status: Mapping[str, Any]) -> None:
-        with self._cache_lock:
-            self._written[uid] = dict(status)
-            self._written.move_to_end(uid)
-            while len(self._written) > STATUS_CACHE_SIZE:
-                self._written.popitem(last=False)
 
     def namespace_enabled(self, namespace: str) -> bool:
         """Read the Katib label (a positive answer is trusted for a few seconds)."""
         now = time.monotonic()
-        with self._cache_lock:
+        with self._lock:
             seen = self._enabled_namespaces.get(namespace)
         if seen is not None and now - seen < NAMESPACE_CACHE_SECONDS:
             return True
         enabled = self.kube.namespace_labels(namespace).get(c.LABEL_KATIB_INJECTION) == "enabled"
-        with self._cache_lock:
+        with self._lock:
             if enabled:
                 self._enabled_namespaces[namespace] = now
             else:
                 self._enabled_namespaces.pop(namespace, None)
         return enabled
 
-    def reconcile(self, body: Mapping[str, Any], retry: int) -> None:
-        """Make the Experiment for the tuning's current spec exist and mirror it."""
-        meta = body["metadata"]
-        if meta.get("deletionTimestamp"):
-            return
-        with self.lock(meta["namespace"], meta["name"]):
-            self._reconcile(body, retry)
+    def _fault(
+        self,
+        body: Mapping[str, Any],
+        old: Mapping[str, Any],
+        tuning: MnistTuning,
+        phase: Phase,
+        message: str,
+        faults: list[Condition] | None = None,
+        reason: str = c.NAMESPACE_NOT_ENABLED,
+    ) -> None:
+        """Write the fault's status (and its Warning, once), then stop this reconcile.
 
-    def _reconcile(self, body: Mapping[str, Any], retry: int) -> None:
-        namespace = body["metadata"]["namespace"]
-        generation = body["metadata"].get("generation")
-        old = self.status_of(body)
-        try:
-            tuning = parse_tuning(body)
-        except SpecError as exc:
-            invalid = c.condition(c.SPEC_VALID, False, c.SPEC_INVALID, str(exc), generation)
-            new = {
-                "phase": "Failed",
-                "observedGeneration": generation,
-                "conditions": c.settle(old.get("conditions") or [], [invalid], c.now()),
-            }
-            # No Experiment serves an invalid spec; one left running would also be missed as
-            # stale later, since the status no longer names it.
-            self._delete_stale(body, keep=None)
-            self._write(body, old, new, [Event("Warning", c.SPEC_INVALID, str(exc))])
-            raise kopf.PermanentError(str(exc)) from None
-        if is_settled(old, generation):
-            return
-        seed = resolve_seed(tuning)
-        delay = self.settings.retry_delay(retry)
+        A Pending fault may heal and is retried; a Failed one waits for a new generation.
+        """
+        generation = tuning.metadata.generation
+        if faults is None:
+            faults = [c.condition(c.NAMESPACE_ENABLED, False, reason, message, generation)]
+        new = fault_status(
+            tuning, old, phase=phase, faults=faults, seed=resolve_seed(tuning), at=c.now()
+        )
+        self._write(body, old, new, on_change=[Event("Warning", reason, message)])
+        if phase == "Pending":
+            raise RetryError(message)
+        raise _SettledError(message)
 
-        def fault(phase: Phase, faults: list[Condition], event: Event) -> None:
-            new = fault_status(tuning, old, phase=phase, faults=faults, seed=seed, at=c.now())
-            self._write(body, old, new, [event] if status_patch(old, new) else [])
-
-        if not self.namespace_enabled(namespace):
-            message = c.namespace_message(namespace)
-            fault(
-                "Pending",
-                [
-                    c.condition(
-                        c.NAMESPACE_ENABLED, False, c.NAMESPACE_NOT_ENABLED, message, generation
-                    )
-                ],
-                Event("Warning", c.NAMESPACE_NOT_ENABLED, message),
-            )
-            raise kopf.TemporaryError(message, delay=delay)
-        wanted = expand(tuning, default_image=self.default_image)
-        exp_name = wanted["metadata"]["name"]
-        events: list[Event] = []
-        try:
-            experiment = self._create(wanted)
-        except ApiException as exc:
-            why = refusal(exc)
-            if why.katib_missing:
-                message = c.katib_missing_message(namespace)
-                fault(
-                    "Pending",
-                    [
-                        namespace_enabled(generation),
-                        c.condition(
-                            c.KATIB_AVAILABLE, False, c.KATIB_NOT_INSTALLED, message, generation
-                        ),
-                    ],
-                    Event("Warning", c.KATIB_NOT_INSTALLED, message),
-                )
-                raise kopf.TemporaryError(message, delay=delay) from None
-            if why.forbidden_by_rbac:
-                message = f"the operator's ServiceAccount may not do this: {why.message}"
-                fault(
-                    "Pending",
-                    [
-                        c.condition(
-                            c.EXPERIMENT_ACCEPTED, False, c.OPERATOR_FORBIDDEN, message, generation
-                        )
-                    ],
-                    Event("Warning", c.OPERATOR_FORBIDDEN, message),
-                )
-                raise kopf.TemporaryError(message, delay=delay) from None
-            if why.refused:
-                if old.get("experiment"):
-                    self._delete_stale(body, keep=None)
-                refused = c.condition(
-                    c.EXPERIMENT_ACCEPTED, False, c.EXPERIMENT_REFUSED, why.message, generation
-                )
-                fault(
-                    "Failed",
-                    [katib_found(generation), namespace_enabled(generation), refused],
-                    Event("Warning", c.EXPERIMENT_REFUSED, why.message),
-                )
-                raise kopf.PermanentError(why.message) from None
-            raise
-        if experiment is not None:
-            events.append(self._created_event(old, exp_name))
-        else:
-            experiment = self._existing(body, wanted)
-            experiment, patched = self._patch_budget(body, tuning, old, experiment, wanted)
-            events.extend(patched)
-        # Status names the Experiment last known to serve the tuning; only when that differs
-        # can an older one be left (a replacement, or one interrupted by a restart).
-        moved = old.get("experiment") not in (None, exp_name)
-        replaced = self._delete_stale(body, keep=exp_name) if moved else []
-        if replaced and events and events[0].reason == c.EXPERIMENT_CREATED:
-            events[0] = Event(
-                "Normal",
-                c.EXPERIMENT_REPLACED,
-                f"the spec changed beyond the budget: replaced Experiment "
-                f"{', '.join(replaced)} with {exp_name}",
-            )
-        new = mirrored_status(tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now())
-        self._write(body, old, new, events + status_events(tuning, old, new))
-
-    def _create(self, wanted: dict[str, Any]) -> dict[str, Any] | None:
-        """Create the Experiment; None when it exists already.
+    def _create(
+        self,
+        body: Mapping[str, Any],
+        old: Mapping[str, Any],
+        tuning: MnistTuning,
+        wanted: dict[str, Any],
+        mine: list[dict[str, Any]],
+    ) -> tuple[dict[str, Any], bool]:
+        """Create the Experiment (True), or read the one that is there already (False).
 
         Admission runs before the API server's existence check, so a refused create may be
         of an Experiment that exists (e.g. with a smaller budget): that one counts as existing.
         """
-        try:
-            return self.kube.create_experiment(wanted)
-        except ApiException as exc:
-            meta = wanted["metadata"]
-            if refusal(exc).refused and self.kube.get_experiment(meta["namespace"], meta["name"]):
-                return None
-            raise
-
-    @staticmethod
-    def _created_event(old: Mapping[str, Any], name: str) -> Event:
-        if old.get("experiment") == name:
-            return Event(
-                "Warning",
-                c.EXPERIMENT_RECREATED,
-                f"Experiment {name} was deleted while the tuning was unfinished; created it again",
-            )
-        return Event("Normal", c.EXPERIMENT_CREATED, f"created Katib Experiment {name}")
-
-    def _existing(self, body: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-        """Read the Experiment that answered 409; it must be this tuning's, not a namesake's."""
         meta = wanted["metadata"]
-        experiment = self.kube.get_experiment(meta["namespace"], meta["name"])
-        if experiment is None:
-            raise kopf.TemporaryError(f"Experiment {meta['name']} is being deleted", delay=1)
-        if _owner_uid(experiment) != body["metadata"]["uid"]:
-            raise kopf.TemporaryError(
+        generation = tuning.metadata.generation
+        try:
+            created = self.kube.create_experiment(wanted)
+        except ApiException as exc:
+            why = refusal(exc)
+            namespace = meta["namespace"]
+            if why.katib_missing:
+                message = c.katib_missing_message(namespace)
+                faults = [
+                    namespace_enabled(generation),
+                    c.condition(
+                        c.KATIB_AVAILABLE, False, c.KATIB_NOT_INSTALLED, message, generation
+                    ),
+                ]
+                self._fault(body, old, tuning, "Pending", message, faults, c.KATIB_NOT_INSTALLED)
+            if why.forbidden_by_rbac:
+                message = f"the operator's ServiceAccount may not do this: {why.message}"
+                faults = [
+                    c.condition(
+                        c.EXPERIMENT_ACCEPTED, False, c.OPERATOR_FORBIDDEN, message, generation
+                    )
+                ]
+                self._fault(body, old, tuning, "Pending", message, faults, c.OPERATOR_FORBIDDEN)
+            if not why.refused:
+                raise
+            existing = self.kube.get_experiment(namespace, meta["name"])
+            if existing is None:
+                self._delete_stale(mine, keep=None)  # the spec it served is gone
+                refused = c.condition(
+                    c.EXPERIMENT_ACCEPTED, False, c.EXPERIMENT_REFUSED, why.message, generation
+                )
+                faults = [katib_found(generation), namespace_enabled(generation), refused]
+                self._fault(body, old, tuning, "Failed", why.message, faults, c.EXPERIMENT_REFUSED)
+            created = None
+        else:
+            if created is not None:
+                return created, True
+            existing = self.kube.get_experiment(meta["namespace"], meta["name"])
+        if existing is None:
+            raise RetryError(f"Experiment {meta['name']} is being deleted", delay=1.0)
+        if _owner_uid(existing) != body["metadata"]["uid"]:
+            raise RetryError(
                 f"Experiment {meta['name']} belongs to an earlier tuning of the same name; "
                 "waiting for the garbage collector to remove it",
                 delay=self.settings.retry_base_seconds,
             )
-        return experiment
+        return existing, False
 
     def _patch_budget(
         self,
@@ -276,8 +385,9 @@ class Operator:
     ) -> tuple[dict[str, Any], list[Event]]:
         """Budget edits go into the running Experiment; a refused one leaves it running as is."""
         have, want = budget_of(experiment), budget_of(wanted)
-        if have == want:
-            return experiment, []
+        refused_before = (body["metadata"]["uid"], tuning.metadata.generation)
+        if have == want or refused_before in self._refused_budgets:
+            return experiment, []  # a refusal stays shown (mirrored_status) until the next edit
         meta = experiment["metadata"]
         try:
             patched = self.kube.patch_experiment_spec(meta["namespace"], meta["name"], want)
@@ -296,10 +406,10 @@ class Operator:
             new = mirrored_status(
                 tuning, experiment, old, wanted_budget=want, at=c.now(), refused=refused
             )
-            first_time = status_patch(old, new) is not None
-            events = [Event("Warning", c.EXPERIMENT_REFUSED, message)] if first_time else []
-            self._write(body, old, new, events)
-            raise kopf.PermanentError(why.message) from None
+            self._write(body, old, new, on_change=[Event("Warning", c.EXPERIMENT_REFUSED, message)])
+            with self._lock:
+                self._refused_budgets.add(refused_before)
+            raise _SettledError(why.message) from None
         change = ", ".join(
             f"{key} {have.get(key)}→{value}"
             for key, value in want.items()
@@ -309,78 +419,95 @@ class Operator:
             Event("Normal", c.BUDGET_UPDATED, f"patched Experiment {meta['name']}: {change}")
         ]
 
-    def _delete_stale(self, body: Mapping[str, Any], keep: str | None) -> list[str]:
-        """Delete this tuning's Experiments for earlier specs; return their names."""
-        meta = body["metadata"]
-        stale = [
-            exp["metadata"]["name"]
-            for exp in self.kube.experiments_of(meta["namespace"], meta["name"])
-            if exp["metadata"]["name"] != keep and _owner_uid(exp) == meta["uid"]
-        ]
-        for name in stale:
-            self.kube.delete_experiment(meta["namespace"], name)
-        return stale
-
-    def follow(
-        self,
-        event_type: str | None,
-        experiment: Mapping[str, Any],
-        tunings: kopf.Index[tuple[str, str], Mapping[str, Any]],
-    ) -> None:
-        """Mirror an Experiment's change into its tuning; a deleted one is re-requested."""
-        meta = experiment.get("metadata") or {}
-        owner = _owner(experiment)
-        if owner is None:
-            return
-        namespace, name = meta["namespace"], owner["name"]
-        with self.lock(namespace, name):
-            body = next(iter(tunings.get((namespace, name), [])), None)
-            if (
-                body is None
-                or body["metadata"].get("uid") != owner.get("uid")
-                or body["metadata"].get("deletionTimestamp")
-            ):
-                return
-            try:
-                tuning = parse_tuning(body)
-            except SpecError:
-                return
-            wanted = expand(tuning, default_image=self.default_image)
-            if meta.get("name") != wanted["metadata"]["name"]:
-                return  # an Experiment of an earlier spec, on its way out
-            old = self.status_of(body)
-            if event_type == "DELETED":
-                if not is_settled(old, body["metadata"].get("generation")):
-                    # Hand over to the spec handlers, which retry with backoff.
-                    self.kube.annotate_tuning(
-                        namespace, name, {ANNOTATION_RESYNC: f"{meta['name']} at {c.now()}"}
-                    )
-                return
-            new = mirrored_status(
-                tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now()
-            )
-            self._write(body, old, new, status_events(tuning, old, new))
+    def _delete_stale(self, mine: list[dict[str, Any]], keep: str | None) -> None:
+        """Delete this tuning's Experiments for other specs than the one it has now."""
+        for experiment in mine:
+            meta = experiment["metadata"]
+            if meta["name"] != keep and not meta.get("deletionTimestamp"):
+                self.kube.delete_experiment(meta["namespace"], meta["name"])
+                logger.info(
+                    "%s: deleted Experiment %s of an earlier spec", meta["namespace"], meta["name"]
+                )
 
     def _write(
         self,
         body: Mapping[str, Any],
         old: Mapping[str, Any],
         new: Mapping[str, Any],
-        events: list[Event],
+        *,
+        happened: list[Event] | None = None,
+        on_change: list[Event] | None = None,
     ) -> None:
+        """Patch the status if it changed; post what happened, and what shows if it changed."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
         patch = status_patch(old, new)
+        events = list(happened or [])
         if patch is not None:
-            meta = body["metadata"]
             if not self.kube.patch_tuning_status(meta["namespace"], meta["name"], patch):
                 return  # deleted meanwhile: nothing to report on
-            self._remember(meta["uid"], new)
+            with self._lock:
+                self._written[meta["uid"]] = dict(new)
+                self._last_write[key] = time.monotonic()
+            events.extend(on_change or [])
         for event in events:
-            kopf.event(
-                kopf.Body(cast("kopf.RawBody", dict(body))),
-                type=event.type,
-                reason=event.reason,
-                message=event.message,
+            try:
+                self.kube.post_event(body, event.type, event.reason, event.message)
+            except ApiException as exc:
+                logger.warning("%s/%s: Event %s not posted: %s", *key, event.reason, exc.reason)
+
+
+class _SettledError(Exception):
+    """The generation has its answer (a refusal): nothing to retry until the spec changes."""
+
+
+def _created_event(old: Mapping[str, Any], name: str, replaced: list[str]) -> Event:
+    """Say why an Experiment was created: the first, a replacement, or a recreation."""
+    if replaced:
+        return Event(
+            "Normal",
+            c.EXPERIMENT_REPLACED,
+            f"the spec changed beyond the budget: replaced Experiment {', '.join(replaced)} "
+            f"with {name}",
+        )
+    if old.get("experiment") == name:
+        return Event(
+            "Warning",
+            c.EXPERIMENT_RECREATED,
+            f"Experiment {name} was deleted while the tuning was unfinished; created it again",
+        )
+    return Event("Normal", c.EXPERIMENT_CREATED, f"created Katib Experiment {name}")
+
+
+def _trimmed(
+    body: Mapping[str, Any], keep: tuple[str, ...], spec_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Copy what the reconcile reads of an object (memory stays flat with many of them)."""
+    meta = body.get("metadata") or {}
+    trimmed: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "labels",
+                "annotations",
+                "ownerReferences",
+                "deletionTimestamp",
             )
+            if k in meta
+        },
+    }
+    for part in keep:
+        trimmed[part] = dict(body.get(part) or {})
+    if spec_keys:
+        spec = body.get("spec") or {}
+        trimmed["spec"] = {k: spec[k] for k in spec_keys if k in spec}
+    return trimmed
 
 
 def _owner(experiment: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -408,43 +535,31 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup(registry=registry)
 def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
-    """Keep kopf's bookkeeping in annotations on our own objects and build the shared state."""
+    """Build the shared state and start the workers; kopf itself only watches."""
     config: OperatorSettings = memo["config"]
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
-    )
-    settings.execution.max_workers = config.workers
-    settings.posting.loggers = False
-    memo["operator"] = Operator(Kube(), config)
+    settings.posting.enabled = False
+    operator = Operator(Kube(), config)
+    memo["operator"] = operator
+    memo["workers"] = [
+        threading.Thread(target=operator.work, name=f"reconcile-{i}", daemon=True)
+        for i in range(config.workers)
+    ]
+    for worker in memo["workers"]:
+        worker.start()
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="resume")
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="create")
-@kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="update")
-def reconcile(body: kopf.Body, retry: int, memo: Any, **_: Any) -> None:
-    """Any change of a tuning's spec, labels or annotations, and every operator start."""
-    operator: Operator = memo["operator"]
-    operator.reconcile(_plain(body), retry)
+@kopf.on.cleanup(registry=registry)
+def stop(memo: Any, **_: Any) -> None:
+    """Let the workers finish what they hold, then stop them."""
+    memo["operator"].queue.close()
+    for worker in memo["workers"]:
+        worker.join(timeout=10)
 
 
-@kopf.index(GROUP, VERSION, PLURAL, registry=registry)
-def tunings(
-    namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], Mapping[str, Any]]:
-    """Index the tunings as last seen, so following an Experiment needs no API read."""
-    return {(namespace or "", name): _plain(body)}
-
-
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """Copy the parts of a tuning the operator reads into plain dicts."""
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": dict(body.metadata),
-        "spec": dict(body.spec),
-        "status": dict(body.status),
-    }
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+async def tuning_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Any change of a tuning, and every tuning at start: reconcile it."""
+    memo["operator"].saw_tuning(type, body)
 
 
 @kopf.on.event(
@@ -454,7 +569,6 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     labels={LABEL_TUNING: kopf.PRESENT},
     registry=registry,
 )
-def follow(type: str | None, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+async def experiment_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Watch our Experiments by label: a watch only, so kopf writes nothing onto them."""
-    operator: Operator = memo["operator"]
-    operator.follow(type, dict(body), kwargs["tunings"])
+    memo["operator"].saw_experiment(type, body)

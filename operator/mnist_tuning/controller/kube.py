@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from mnist_tuning.api.expand import KATIB_API_VERSION, LABEL_TUNING
-from mnist_tuning.api.spec import GROUP, PLURAL, VERSION
+from mnist_tuning.api.expand import KATIB_API_VERSION
+from mnist_tuning.api.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from mnist_tuning.api.summarize import rfc3339
 
 KATIB_GROUP, KATIB_VERSION = KATIB_API_VERSION.split("/")
 EXPERIMENTS: Final = "experiments"
 RBAC_DENIAL: Final = re.compile(r'cannot [a-z]+ resource "')
+COMPONENT: Final = "mnist-tuning-operator"
+MAX_EVENT_MESSAGE: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,28 @@ class Kube:
             )
         )
 
-    def annotate_tuning(self, namespace: str, name: str, annotations: dict[str, str]) -> bool:
-        """Touch the tuning's metadata so kopf runs the spec handlers (with their retries)."""
-        patch = {"metadata": {"annotations": annotations}}
-        return _unless_gone(
-            lambda: self._custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, patch
-            )
-        )
+    def post_event(self, tuning: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event on the tuning (what `kubectl describe` shows)."""
+        meta = tuning["metadata"]
+        at = rfc3339(datetime.now(UTC))
+        event: Any = {  # the client sends a plain dict as is
+            "metadata": {"generateName": f"{meta['name']}."},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:MAX_EVENT_MESSAGE],
+            "source": {"component": COMPONENT},
+            "firstTimestamp": at,
+            "lastTimestamp": at,
+            "count": 1,
+        }
+        self._core.create_namespaced_event(meta["namespace"], event)
 
     def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """Read the Experiment; None when it does not exist."""
@@ -147,19 +165,6 @@ class Kube:
                 KATIB_GROUP, KATIB_VERSION, namespace, EXPERIMENTS, name, {"spec": spec}
             )
         )
-
-    def experiments_of(self, namespace: str, tuning: str) -> list[dict[str, Any]]:
-        """Every Experiment labelled as belonging to the tuning (old ones included)."""
-        result = _object(
-            self._custom.list_namespaced_custom_object(
-                KATIB_GROUP,
-                KATIB_VERSION,
-                namespace,
-                EXPERIMENTS,
-                label_selector=f"{LABEL_TUNING}={tuning}",
-            )
-        )
-        return [_object(item) for item in result.get("items", [])]
 
     def delete_experiment(self, namespace: str, name: str) -> None:
         """Delete an Experiment (its Trials follow by owner reference); gone already is fine."""

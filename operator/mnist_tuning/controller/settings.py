@@ -43,7 +43,13 @@ class OperatorSettings(BaseModel):
         300.0, gt=0, description="Longest retry delay (the delay doubles up to this)."
     )
     workers: int = Field(
-        16, ge=1, le=256, description="Handler threads, i.e. API calls in flight at once."
+        16, ge=1, le=256, description="Reconcile threads, i.e. API calls in flight at once."
+    )
+    status_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Shortest time between two status writes that Experiment updates cause "
+        "(a burst from Katib is written at its start and its end).",
     )
 
     @field_validator("namespaces", mode="before")
