@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import assume
 from hypothesis import strategies as st
-from mnist_tuning.api.spec import HYPERPARAMETERS, OPTIMIZERS
+from mnist_tuning.api.spec import ALGORITHMS, HYPERPARAMETERS, OPTIMIZERS, grid_size, parse_tuning
 
 Manifest = dict[str, Any]
 
@@ -155,7 +155,20 @@ def valid_manifests(draw: st.DrawFn) -> Manifest:
         if draw(st.booleans()):
             spec[key] = draw(strategy)
     if draw(st.booleans()):
-        spec["algorithm"] = {"name": "random", "seed": draw(st.integers(0, 2**31 - 1))}
+        spec["algorithm"] = {"seed": draw(st.integers(0, 2**31 - 1))}
+    if draw(st.booleans()):
+        spec.setdefault("algorithm", {})["name"] = draw(st.sampled_from(ALGORITHMS))
+        _fit_algorithm(spec, draw)
+    if draw(st.booleans()):
+        spec["earlyStopping"] = {
+            key: draw(strategy)
+            for key, strategy in (
+                ("rule", st.just("median")),
+                ("minTrials", st.integers(1, 1000)),
+                ("startStep", st.integers(1, 100)),
+            )
+            if draw(st.booleans())
+        }
     metadata: dict[str, Any] = {"name": draw(DNS_LABEL)}
     if draw(st.booleans()):
         metadata["namespace"] = draw(DNS_LABEL)
@@ -167,6 +180,38 @@ def valid_manifests(draw: st.DrawFn) -> Manifest:
         "metadata": metadata,
         "spec": spec,
     }
+
+
+def _fit_algorithm(spec: dict[str, Any], draw: st.DrawFn) -> None:
+    """Make the search fit what the drawn algorithm's Katib service accepts."""
+    name = spec["algorithm"]["name"]
+    search = spec["search"]
+    if name == "grid":
+        for value in search.values():
+            if "min" in value and isinstance(value["min"], float) and "step" not in value:
+                value["step"] = draw(st.floats(min_value=1e-3, max_value=1.0))
+        manifest = {
+            "apiVersion": "tuning.mnist.dev/v1alpha1",
+            "kind": "MnistTuning",
+            "metadata": {"name": "grid"},
+            "spec": {"search": search},
+        }
+        combinations = grid_size(parse_tuning(manifest).spec.search)
+        budget = spec.setdefault("budget", {})
+        max_trials = min(budget.get("maxTrials", 12), int(combinations))
+        budget["maxTrials"] = max_trials
+        for key in ("parallelTrials", "maxFailedTrials"):
+            if key in budget:
+                budget[key] = min(budget[key], max_trials)
+    if name == "cmaes":
+        for extra in ("learningRate", "momentum"):
+            search[extra] = {"min": 0.01, "max": 0.5}
+            spec.get("fixed", {}).pop(extra, None)
+    if name == "bayesianoptimization":
+        for key, value in search.items():
+            if "min" in value and key in FLOAT_BOUNDS and value["min"] <= 0:
+                value["min"] = value["max"] / 2
+                value.pop("step", None)
 
 
 @dataclass(frozen=True)
@@ -279,6 +324,34 @@ def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
     if how == "accuracy goal above 1":
         spec["objective"] = {"metric": "accuracy", "goal": 1.5}
         return Invalid(manifest, "goal", how)
+    if how == "grid range without step":
+        spec["algorithm"] = {"name": "grid"}
+        search["momentum"] = {"min": 0.5, "max": 0.9}
+        spec.get("fixed", {}).pop("momentum", None)
+        return Invalid(manifest, "momentum", how)
+    if how == "grid smaller than maxTrials":
+        spec["algorithm"] = {"name": "grid"}
+        spec["search"] = {"optimizer": {"values": ["sgd", "adam"]}}
+        spec.pop("fixed", None)
+        spec["budget"] = {"maxTrials": draw(st.integers(3, 1000))}
+        return Invalid(manifest, "maxTrials", how)
+    if how == "cmaes with one range":
+        spec["algorithm"] = {"name": "cmaes"}
+        spec["search"] = {"learningRate": {"min": 0.01, "max": 0.1}}
+        spec.pop("fixed", None)
+        return Invalid(manifest, "cmaes", how)
+    if how == "bayesian range from 0":
+        spec["algorithm"] = {"name": "bayesianoptimization"}
+        name = draw(st.sampled_from(["momentum", "dropout", "weightDecay"]))
+        search[name] = {"min": 0.0, "max": 0.5}
+        spec.get("fixed", {}).pop(name, None)
+        return Invalid(manifest, name, how)
+    if how == "unknown algorithm":
+        spec["algorithm"] = {"name": "hyperband"}
+        return Invalid(manifest, "algorithm", how)
+    if how == "early stopping start step 0":
+        spec["earlyStopping"] = {"startStep": 0}
+        return Invalid(manifest, "startStep", how)
     if how == "bad quantity":
         spec["trial"] = {"resources": {"limits": {"cpu": "one"}}}
         return Invalid(manifest, "cpu", how)
@@ -301,6 +374,12 @@ BREAKAGES = (
     "outside the trainer's range",
     "accuracy goal above 1",
     "bad quantity",
+    "grid range without step",
+    "grid smaller than maxTrials",
+    "cmaes with one range",
+    "bayesian range from 0",
+    "unknown algorithm",
+    "early stopping start step 0",
 )
 
 

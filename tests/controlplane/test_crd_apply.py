@@ -152,7 +152,76 @@ INVALID: dict[str, tuple[str, Any, str, bool]] = {
     "unknown-optimizer": (
         "spec.search.optimizer", {"values": ["sgd", "rmsprop"]}, "optimizer", False,
     ),
+    "unknown-algorithm": ("spec.algorithm", {"name": "hyperband"}, "algorithm", False),
+    "early-stopping-start-step-0": ("spec.earlyStopping", {"startStep": 0}, "startStep", False),
 }  # fmt: skip
+
+# case -> (spec keys over the seed-random sample's, field the refusal names); each one breaks
+# one rule of what an algorithm's Katib service refuses, and the refusal is that rule's CEL.
+ALGORITHM_INVALID: dict[str, tuple[dict[str, Any], str]] = {
+    "grid-range-without-step": (
+        {
+            "algorithm": {"name": "grid"},
+            "search": {
+                "learningRate": {"min": 0.01, "max": 0.05},
+                "momentum": {"values": [0.5, 0.9]},
+            },
+            "budget": {"maxTrials": 2, "parallelTrials": 1},
+        },
+        "search.learningRate",
+    ),
+    "grid-smaller-than-max-trials": (
+        {
+            "algorithm": {"name": "grid"},
+            "search": {
+                "learningRate": {"min": 0.01, "max": 0.05, "step": 0.01},
+                "momentum": {"values": [0.5, 0.9]},
+            },
+            "budget": {"maxTrials": 11, "parallelTrials": 1},
+        },
+        "budget.maxTrials",
+    ),
+    "cmaes-with-one-range": (
+        {"algorithm": {"name": "cmaes"}, "search": {"learningRate": {"min": 0.01, "max": 0.05}}},
+        "algorithm cmaes",
+    ),
+    "bayesian-range-from-0": (
+        {
+            "algorithm": {"name": "bayesianoptimization"},
+            "search": {"momentum": {"min": 0.0, "max": 0.9}},
+        },
+        "search.momentum",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALGORITHM_INVALID))
+def test_what_an_algorithms_service_would_refuse_is_refused_at_apply_by_its_cel_rule(
+    control_plane: ControlPlane, namespace: str, case: str
+) -> None:
+    spec, field = ALGORITHM_INVALID[case]
+    tuning = in_namespace(sample_tuning("seed-random"), namespace)
+    tuning["metadata"]["name"] = case
+    tuning["spec"].update(spec)
+    result = control_plane.apply(yaml.safe_dump(tuning), check=False)
+    assert result.returncode != 0, f"{case} was accepted:\n{yaml.safe_dump(tuning)}"
+    [message] = [m for m in cel_messages(load_crd()) if m in result.stderr]
+    assert field in message
+    absent = control_plane.run_kubectl("get", "mnt", case, "-n", namespace, check=False)
+    assert "NotFound" in absent.stderr
+
+    # With the one thing fixed, the same tuning applies (the rule, not something else, refused).
+    fixed = {
+        "grid-range-without-step": {"learningRate": {"min": 0.01, "max": 0.05, "step": 0.01}},
+        "grid-smaller-than-max-trials": None,
+        "cmaes-with-one-range": {"momentum": {"min": 0.5, "max": 0.9}},
+        "bayesian-range-from-0": {"momentum": {"min": 0.1, "max": 0.9}},
+    }[case]
+    if fixed is None:
+        tuning["spec"]["budget"]["maxTrials"] = 10
+    else:
+        tuning["spec"]["search"] = {**tuning["spec"]["search"], **fixed}
+    assert control_plane.apply(yaml.safe_dump(tuning)).returncode == 0
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))

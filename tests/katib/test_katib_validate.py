@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from mnist_tuning.api.expand import expand
-from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.spec import ALGORITHMS, parse_tuning
 from mnist_tuning.api.yamlio import to_yaml
 from strategies import Manifest, valid_manifests
 
@@ -193,3 +193,40 @@ def test_one_refusal_among_several_files_fails_the_run(
     assert result.returncode == 1
     assert "experiment-0.yaml: accepted unchanged" in result.stdout
     assert "experiment-1.yaml" in result.stderr
+
+
+# One search that every algorithm's service accepts: two stepped real ranges (grid, cmaes),
+# both above 0 (bayesianoptimization), and a list.
+EVERY_ALGORITHM_SEARCH = {
+    "learningRate": {"min": 0.01, "max": 0.1, "step": 0.01, "scale": "log"},
+    "momentum": {"min": 0.5, "max": 0.9, "step": 0.1},
+    "optimizer": {"values": ["sgd", "adam"]},
+}
+
+
+@pytest.mark.parametrize("early_stopping", [None, {}, {"minTrials": 2, "startStep": 1}])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_katib_accepts_every_algorithm_and_early_stopping_unchanged(
+    katib_validate: Path,
+    tmp_path: Path,
+    algorithm: str,
+    early_stopping: dict[str, int] | None,
+) -> None:
+    spec: dict[str, Any] = {
+        "algorithm": {"name": algorithm, "seed": 3},
+        "budget": {"maxTrials": 8, "parallelTrials": 2},
+        "search": EVERY_ALGORITHM_SEARCH,
+    }
+    if early_stopping is not None:
+        spec["earlyStopping"] = early_stopping
+    manifest = {
+        "apiVersion": "tuning.mnist.dev/v1alpha1",
+        "kind": "MnistTuning",
+        "metadata": {"name": algorithm, "namespace": "tuning"},
+        "spec": spec,
+    }
+    experiment = expand(parse_tuning(manifest))
+    assert experiment["spec"]["algorithm"]["algorithmName"] == algorithm
+    result = judge(katib_validate, tmp_path, to_yaml(experiment))
+    assert result.returncode == 0, result.stderr
+    assert "accepted unchanged" in result.stdout

@@ -92,3 +92,16 @@ def test_the_installed_command_shows_no_traceback_for_bad_input(tmp_path: Path) 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "expected a MnistTuning object" in result.stderr
+
+
+def test_validate_says_what_an_algorithms_katib_service_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "apiVersion: tuning.mnist.dev/v1alpha1\nkind: MnistTuning\nmetadata: {name: t}\n"
+        "spec:\n  algorithm: {name: grid}\n  search:\n    momentum: {min: 0.5, max: 0.9}\n"
+    )
+    assert main(["validate", "-f", str(grid)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{grid}: spec: algorithm grid needs a step for search.momentum")

@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mnist_tuning.api.expand import (
@@ -16,7 +17,7 @@ from mnist_tuning.api.expand import (
     experiment_name,
     resolve_seed,
 )
-from mnist_tuning.api.spec import parse_tuning
+from mnist_tuning.api.spec import ALGORITHMS, grid_size, parse_tuning
 from strategies import valid_manifests
 
 
@@ -114,8 +115,8 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
         *objective["additionalMetricNames"],
     }
     assert set(strategies.values()) <= {"min", "max", "latest"}
-    # Algorithm: random with only random_state, a non-negative integer string.
-    assert spec["algorithm"]["algorithmName"] == "random"
+    # Algorithm: the spec's, with only random_state, a non-negative integer string.
+    assert spec["algorithm"]["algorithmName"] == tuning.spec.algorithm.name
     [setting] = spec["algorithm"]["algorithmSettings"]
     assert setting["name"] == "random_state"
     assert setting["value"].isdigit()
@@ -182,6 +183,8 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
 @given(valid_manifests(), st.integers(1, 1000))
 def test_only_a_budget_change_keeps_the_experiment_name(manifest: dict[str, Any], n: int) -> None:
     before = parse_tuning(manifest)
+    if before.spec.algorithm.name == "grid":
+        n = min(n, int(grid_size(before.spec.search)))  # a grid holds only so many trials
     budget = {"maxTrials": n, "parallelTrials": min(n, 100), "maxFailedTrials": n}
     after = parse_tuning({**manifest, "spec": {**manifest["spec"], "budget": budget}})
     assert experiment_name(before) == experiment_name(after)
@@ -228,3 +231,33 @@ def test_the_operator_default_image_applies_only_when_the_spec_names_none() -> N
     assert image(expand(plain, default_image="mine:2")) == "mine:2"
     assert image(expand(named, default_image="mine:2")) == "registry.example/t:1"
     assert experiment_name(plain, default_image="mine:2") != experiment_name(plain)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_is_katibs_name_with_the_seed_as_random_state(algorithm: str) -> None:
+    search = {
+        "learningRate": {"min": 0.01, "max": 0.1, "step": 0.01},
+        "momentum": {"min": 0.5, "max": 0.9, "step": 0.1},
+    }
+    tuning = parse_tuning(manifest(search=search, algorithm={"name": algorithm, "seed": 7}))
+    assert expand(tuning)["spec"]["algorithm"] == {
+        "algorithmName": algorithm,
+        "algorithmSettings": [{"name": "random_state", "value": "7"}],
+    }
+    assert "earlyStopping" not in expand(tuning)["spec"]
+
+
+def test_early_stopping_is_medianstop_with_katibs_defaults_written_out() -> None:
+    defaults = expand(parse_tuning(manifest(earlyStopping={})))["spec"]["earlyStopping"]
+    assert defaults == {
+        "algorithmName": "medianstop",
+        "algorithmSettings": [
+            {"name": "min_trials_required", "value": "3"},
+            {"name": "start_step", "value": "4"},
+        ],
+    }
+    given = expand(parse_tuning(manifest(earlyStopping={"minTrials": 2, "startStep": 1})))
+    assert given["spec"]["earlyStopping"]["algorithmSettings"] == [
+        {"name": "min_trials_required", "value": "2"},
+        {"name": "start_step", "value": "1"},
+    ]

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from mnist_tuning.api.spec import BestTrial, MnistTuningStatus, SpecError, parse_tuning
+from mnist_tuning.api.spec import (
+    BestTrial,
+    MnistTuningStatus,
+    SpecError,
+    grid_size,
+    parse_tuning,
+)
 from strategies import BREAKAGES, Invalid, invalid_manifests, valid_manifests
 
 
@@ -96,6 +103,38 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
             "apiVersion",
             "tuning.mnist.dev/v1alpha1",
         ),
+        (
+            minimal(algorithm={"name": "grid"}, search={"momentum": {"min": 0.5, "max": 0.9}}),
+            "spec",
+            "algorithm grid needs a step for search.momentum",
+        ),
+        (
+            minimal(
+                algorithm={"name": "grid"},
+                search={"momentum": {"min": 0.5, "max": 0.9, "step": 0.1}},
+                budget={"maxTrials": 6},
+            ),
+            "spec",
+            "budget.maxTrials must not exceed the number of combinations",
+        ),
+        (
+            minimal(algorithm={"name": "cmaes"}, search={"momentum": {"min": 0.5, "max": 0.9}}),
+            "spec",
+            "algorithm cmaes needs at least two hyperparameters",
+        ),
+        (
+            minimal(
+                algorithm={"name": "bayesianoptimization"},
+                search={"dropout": {"min": 0.0, "max": 0.5}},
+            ),
+            "spec",
+            "bayesianoptimization samples search.dropout on a log scale",
+        ),
+        (
+            minimal(earlyStopping={"rule": "mean"}),
+            "spec.earlyStopping.rule",
+            "median",
+        ),
     ],
 )
 def test_rule_violations_name_the_field_and_the_fix(
@@ -154,3 +193,48 @@ def test_best_trial_is_written_flat_and_read_back() -> None:
         "loss": 0.05,
     }
     assert MnistTuningStatus.model_validate(manifest) == status
+
+
+def katib_grid_count(low: float, high: float, step: float) -> int:
+    """Katib's optuna service: numpy.arange(min, max + step, step), less a value above max."""
+    values = numpy.arange(low, high + step, step)
+    return len(values) - (1 if values[-1] > high else 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0.0, 0.9, allow_subnormal=False),
+    st.floats(0.001, 0.5, allow_subnormal=False),
+    st.floats(0.001, 0.5, allow_subnormal=False),
+)
+def test_grid_counts_a_real_range_as_katibs_numpy_arange_does(
+    low: float, width: float, step: float
+) -> None:
+    high = min(low + width, 0.999)
+    assume(high > low)
+    search = parse_tuning(minimal(search={"momentum": {"min": low, "max": high, "step": step}}))
+    assert grid_size(search.spec.search) == katib_grid_count(low, high, step)
+
+
+def test_grid_size_multiplies_ranges_steps_and_lists() -> None:
+    search = {
+        "learningRate": {"min": 0.1, "max": 0.3, "step": 0.1},  # 0.1, 0.2, 0.3
+        "batchSize": {"min": 32, "max": 128, "step": 32},  # 32, 64, 96, 128
+        "epochs": {"min": 1, "max": 3},  # step 1 by default
+        "optimizer": {"values": ["sgd", "adam"]},
+    }
+    assert grid_size(parse_tuning(minimal(search=search)).spec.search) == 3 * 4 * 3 * 2
+
+
+def test_a_grid_of_exactly_max_trials_and_a_two_range_cmaes_are_accepted() -> None:
+    grid = minimal(
+        algorithm={"name": "grid"},
+        search={"momentum": {"min": 0.5, "max": 0.9, "step": 0.1}},
+        budget={"maxTrials": 5},
+    )
+    cmaes = minimal(
+        algorithm={"name": "cmaes"},
+        search={"momentum": {"min": 0.5, "max": 0.9}, "batchSize": {"min": 16, "max": 128}},
+    )
+    assert parse_tuning(grid).spec.budget.max_trials == 5
+    assert parse_tuning(cmaes).spec.algorithm.name == "cmaes"

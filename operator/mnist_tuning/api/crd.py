@@ -188,7 +188,7 @@ def openapi_schema() -> JsonSchema:
     return {
         "type": "object",
         "description": "Tunes the hyperparameters of a PyTorch MNIST model with a Katib "
-        "Experiment (random search).",
+        "Experiment, or on this machine with `mnist-tuning run`.",
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": API_VERSION},

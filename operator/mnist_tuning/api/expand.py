@@ -45,6 +45,10 @@ MAX_EXPERIMENT_NAME = 40
 HASH_LENGTH = 6
 BUDGET_FIELDS = ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
 DEFAULT_NAMESPACE = "default"
+# Katib's only early-stopping service; spec.earlyStopping.rule median maps to it.
+MEDIANSTOP = "medianstop"
+MEDIANSTOP_MIN_TRIALS = "min_trials_required"
+MEDIANSTOP_START_STEP = "start_step"
 
 
 def resolve_seed(tuning: MnistTuning) -> int:
@@ -144,7 +148,7 @@ def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
     if spec.objective.goal is not None:
         objective["goal"] = spec.objective.goal
     names = spec.search.names()
-    return {
+    experiment: dict[str, Any] = {
         "objective": objective,
         "algorithm": {
             "algorithmName": spec.algorithm.name,
@@ -176,6 +180,15 @@ def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
             "trialSpec": _job(tuning, seed, default_image),
         },
     }
+    if spec.early_stopping is not None:
+        experiment["earlyStopping"] = {
+            "algorithmName": MEDIANSTOP,
+            "algorithmSettings": [
+                {"name": MEDIANSTOP_MIN_TRIALS, "value": str(spec.early_stopping.min_trials)},
+                {"name": MEDIANSTOP_START_STEP, "value": str(spec.early_stopping.start_step)},
+            ],
+        }
+    return experiment
 
 
 def _spec_hash(experiment_spec: Mapping[str, Any]) -> str:

@@ -7,10 +7,20 @@ same manifests with the same message.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    NamedTuple,
+    TypeVar,
+    get_args,
+)
 
 from pydantic import (
     BaseModel,
@@ -355,16 +365,54 @@ class Objective(_Model):
         return {self.metric: best, self.other_metric: worst}
 
 
+AlgorithmName = Literal[
+    "random", "grid", "tpe", "multivariate-tpe", "cmaes", "sobol", "bayesianoptimization"
+]
+ALGORITHMS: tuple[AlgorithmName, ...] = get_args(AlgorithmName)
+
+
 class Algorithm(_Model):
     """How trials are chosen."""
 
-    name: Literal["random"] = Field("random", description="Search algorithm; random search.")
+    name: AlgorithmName = Field(
+        "random",
+        description="Search algorithm, as Katib names it: random, grid (every combination "
+        "once), tpe, multivariate-tpe, cmaes, sobol (quasi-random), bayesianoptimization.",
+    )
     seed: int | None = Field(
         None,
         ge=0,
         le=2**31 - 1,
         description="Random seed (Katib random_state); drawn and recorded in status.seed when "
         "absent.",
+    )
+
+
+# Katib's medianstop service defaults (pkg/earlystopping/v1beta1/medianstop/service.py).
+DEFAULT_MIN_TRIALS = 3
+DEFAULT_START_STEP = 4
+
+
+class EarlyStopping(_Model):
+    """Stop hopeless trials early, by Katib's median stopping rule (medianstop).
+
+    A trial is stopped when, at its startStep-th report of the objective, its best value so
+    far is worse than the mean over succeeded trials of their first startStep reports.
+    """
+
+    rule: Literal["median"] = Field("median", description="median: Katib's medianstop.")
+    min_trials: int = Field(
+        DEFAULT_MIN_TRIALS,
+        ge=1,
+        le=1000,
+        description="Succeeded trials needed before any trial is stopped (Katib "
+        "min_trials_required). Default 3.",
+    )
+    start_step: int = Field(
+        DEFAULT_START_STEP,
+        ge=1,
+        le=100,
+        description="The report (epoch) at which a trial is judged (Katib start_step). Default 4.",
     )
 
 
@@ -507,6 +555,123 @@ def _overlap_rule(name: str) -> Rule:
     )
 
 
+FLOAT_HYPERPARAMETERS = ("learningRate", "momentum", "dropout", "weightDecay")
+INT_HYPERPARAMETERS = ("batchSize", "epochs")
+# Grid sizes past this need not be exact: no maxTrials reaches it, and CEL ints cannot overflow.
+GRID_COUNT_CAP = 2000.0
+
+
+def _ranged(search: Search, name: str) -> bool:
+    space = getattr(search, _attr(name))
+    return isinstance(space, _Space) and space.min is not None
+
+
+def grid_count(space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) -> float:
+    """Count the values Katib's grid (optuna service) tries for one parameter.
+
+    A real range is `numpy.arange(min, max + step, step)` less a last value above max; numpy
+    fills it as min + i * ((min + step) - min). A real range without step counts as the cap
+    (its own rule reports it). The CEL twin is `_grid_count_cel`.
+    """
+    if space.values is not None:
+        return float(len(space.values))
+    if space.min is None or space.max is None:
+        return GRID_COUNT_CAP
+    if isinstance(space, IntSpace):
+        return float((space.max - space.min) // (space.step or 1) + 1)
+    if space.step is None:
+        return GRID_COUNT_CAP
+    low, high, step = float(space.min), float(space.max), float(space.step)
+    quotient = (high + step - low) / step
+    if quotient >= GRID_COUNT_CAP:
+        return quotient
+    n = float(math.ceil(quotient))
+    return n - 1.0 if low + (n - 1.0) * ((low + step) - low) > high else n
+
+
+def grid_size(search: Search) -> float:
+    """Count the combinations Katib's grid enumerates: the product of every count."""
+    return math.prod(grid_count(search.space(name)) for name in search.names())
+
+
+def _grid_count_cel(name: str) -> str:
+    x = f"self.search.{name}"
+    if name == "optimizer":
+        return f"(!has({x}) ? 1.0 : double(size({x}.values)))"
+    if name in INT_HYPERPARAMETERS:
+        ranged = f"double(({x}.max - {x}.min) / (has({x}.step) ? {x}.step : 1) + 1)"
+    else:
+        q = f"(({x}.max + {x}.step - {x}.min) / {x}.step)"
+        n = f"(double(int({q})) + (double(int({q})) < {q} ? 1.0 : 0.0))"
+        last = f"({x}.min + ({n} - 1.0) * (({x}.min + {x}.step) - {x}.min))"
+        exact = f"({last} > {x}.max ? {n} - 1.0 : {n})"
+        ranged = f"(!has({x}.step) ? {GRID_COUNT_CAP} : {q} >= {GRID_COUNT_CAP} ? {q} : {exact})"
+    return (
+        f"(!has({x}) ? 1.0 : has({x}.values) ? double(size({x}.values)) : "
+        f"!has({x}.min) || !has({x}.max) ? {GRID_COUNT_CAP} : {ranged})"
+    )
+
+
+def _grid_step_rule(name: str) -> Rule:
+    return Rule(
+        f"self.algorithm.name != 'grid' || !has(self.search.{name}) "
+        f"|| !has(self.search.{name}.min) || has(self.search.{name}.step)",
+        f"algorithm grid needs a step for search.{name} (Katib's grid tries min, min + step, "
+        "... up to max); add step or give values",
+        lambda s: (
+            s.algorithm.name != "grid"
+            or not _ranged(s.search, name)
+            or s.search.space(name).step is not None
+        ),
+        field_path=f".search.{name}",
+    )
+
+
+def _log_uniform_rule(name: str) -> Rule:
+    return Rule(
+        f"self.algorithm.name != 'bayesianoptimization' || !has(self.search.{name}) "
+        f"|| !has(self.search.{name}.min) || self.search.{name}.min > 0.0",
+        f"algorithm bayesianoptimization samples search.{name} on a log scale (Katib's skopt "
+        "service does so for every real range), so its min must be greater than 0; raise "
+        "min, give values, or choose another algorithm",
+        lambda s: (
+            s.algorithm.name != "bayesianoptimization"
+            or not _ranged(s.search, name)
+            or s.search.space(name).min > 0
+        ),
+        field_path=f".search.{name}",
+    )
+
+
+ALGORITHM_RULES: tuple[Rule, ...] = (
+    *(_grid_step_rule(name) for name in FLOAT_HYPERPARAMETERS),
+    Rule(
+        "self.algorithm.name != 'grid' || double(self.budget.maxTrials) <= "
+        + " * ".join(_grid_count_cel(name) for name in HYPERPARAMETERS),
+        "algorithm grid runs each combination at most once, so budget.maxTrials must not "
+        "exceed the number of combinations (the product of each parameter's number of "
+        "values); lower maxTrials or widen the grid",
+        lambda s: s.algorithm.name != "grid" or s.budget.max_trials <= grid_size(s.search),
+        field_path=".budget.maxTrials",
+    ),
+    Rule(
+        "self.algorithm.name != 'cmaes' || "
+        + " + ".join(
+            f"(has(self.search.{name}) && has(self.search.{name}.min) ? 1 : 0)"
+            for name in (*FLOAT_HYPERPARAMETERS, *INT_HYPERPARAMETERS)
+        )
+        + " >= 2",
+        "algorithm cmaes needs at least two hyperparameters in search with a range (min and "
+        "max), as Katib's CMA-ES service refuses fewer; search another range or choose tpe",
+        lambda s: (
+            s.algorithm.name != "cmaes"
+            or sum(_ranged(s.search, name) for name in s.search.names()) >= 2
+        ),
+        field_path=".search",
+    ),
+    *(_log_uniform_rule(name) for name in FLOAT_HYPERPARAMETERS),
+)
+
 # The API server applies nested defaults only inside objects that exist.
 EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
 
@@ -536,7 +701,13 @@ class MnistTuningSpec(_Model):
         json_schema_extra=EMPTY_DEFAULT,
         description="How each trial pod runs.",
     )
-    rules = tuple(_overlap_rule(name) for name in HYPERPARAMETERS)
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop hopeless trials early (Katib medianstop); off when absent."
+    )
+    rules = (
+        *(_overlap_rule(name) for name in HYPERPARAMETERS),
+        *ALGORITHM_RULES,
+    )
 
 
 class ObjectMeta(_Model):
