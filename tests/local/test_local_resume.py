@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -47,9 +48,11 @@ KILLS: dict[str, list[str]] = {
 }
 
 
-def run(workdir: Path, kill: str | None = None) -> subprocess.CompletedProcess[str]:
-    spec = workdir.parent / "resume.yaml"
-    spec.write_text(yaml.safe_dump(MANIFEST))
+def run(
+    workdir: Path, kill: str | None = None, manifest: dict[str, Any] = MANIFEST
+) -> subprocess.CompletedProcess[str]:
+    spec = workdir.parent / f"{workdir.name}.yaml"
+    spec.write_text(yaml.safe_dump(manifest))
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     if kill is not None:
         env[KILL_ENV] = kill
@@ -95,3 +98,29 @@ def test_an_unknown_kill_point_is_refused(tmp_path: Path) -> None:
     result = run(tmp_path / "run", "nowhere")
     assert result.returncode != 0
     assert "MNIST_ENGINE_KILL_AT=nowhere" in result.stderr
+
+
+EARLY_STOPPING = {
+    **MANIFEST,
+    "metadata": {"name": "resume-median"},
+    "spec": {
+        **MANIFEST["spec"],
+        "budget": {"maxTrials": 4, "parallelTrials": 1, "maxFailedTrials": 1},
+        "earlyStopping": {"minTrials": 1, "startStep": 1},
+    },
+}
+
+
+@pytest.mark.parametrize("kill", ["judging:3", "judged:3", "told:2", "started:4"])
+def test_a_killed_run_with_early_stopping_resumes_to_the_trials_of_an_unbroken_run(
+    tmp_path: Path, kill: str
+) -> None:
+    unbroken = tmp_path / "unbroken"
+    assert run(unbroken, manifest=EARLY_STOPPING).returncode == 0
+    expected = ledger(unbroken)
+    assert expected[1]["trials"]["earlyStopped"] >= 1  # the rule did stop a trial
+    workdir = tmp_path / "run"
+    assert run(workdir, kill, manifest=EARLY_STOPPING).returncode == -signal.SIGKILL
+    result = run(workdir, manifest=EARLY_STOPPING)
+    assert result.returncode == 0, result.stderr
+    assert ledger(workdir) == expected

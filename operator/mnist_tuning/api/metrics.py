@@ -47,6 +47,16 @@ def parse_metrics(
     lines: Iterable[str], names: Iterable[str] | None = None
 ) -> dict[str, MetricSummary]:
     """Summaries of every metric in the lines (or of `names` only); unseen metrics are absent."""
+    return {
+        name: MetricSummary(name=name, min=min(values), max=max(values), latest=values[-1])
+        for name, values in parse_series(lines, names).items()
+    }
+
+
+def parse_series(
+    lines: Iterable[str], names: Iterable[str] | None = None
+) -> dict[str, list[float]]:
+    """Every value of every metric (or of `names` only), in report order (Katib's log)."""
     wanted = None if names is None else frozenset(names)
     seen: dict[str, list[float]] = {}
     for number, line in enumerate(lines, start=1):
@@ -66,13 +76,16 @@ def parse_metrics(
             value = to_number(raw) if isinstance(raw, str) else None  # hypertune writes strings
             if value is not None:
                 seen.setdefault(key, []).append(value)
-    return {
-        name: MetricSummary(name=name, min=min(values), max=max(values), latest=values[-1])
-        for name, values in seen.items()
-    }
+    return seen
 
 
 def read_metrics_file(path: Path, names: Iterable[str] | None = None) -> dict[str, MetricSummary]:
     """Summaries of the metrics a trial wrote to `path` (see parse_metrics)."""
     with path.open(encoding="utf-8") as handle:
         return parse_metrics(handle, names)
+
+
+def read_metrics_series(path: Path, names: Iterable[str]) -> dict[str, list[float]]:
+    """Every value of `names` a trial wrote to `path`, in order (see parse_series)."""
+    with path.open(encoding="utf-8") as handle:
+        return parse_series(handle, names)

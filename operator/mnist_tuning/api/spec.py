@@ -566,12 +566,22 @@ def _ranged(search: Search, name: str) -> bool:
     return isinstance(space, _Space) and space.min is not None
 
 
-def grid_count(space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) -> float:
-    """Count the values Katib's grid (optuna service) tries for one parameter.
+def real_grid(low: float, high: float, step: float) -> list[float]:
+    """List the values Katib's grid (optuna service) tries for a real range, in order.
 
-    A real range is `numpy.arange(min, max + step, step)` less a last value above max; numpy
-    fills it as min + i * ((min + step) - min). A real range without step counts as the cap
-    (its own rule reports it). The CEL twin is `_grid_count_cel`.
+    `numpy.arange(min, max + step, step)` less a last value above max; numpy fills it as
+    min + i * ((min + step) - min), and so does this (and the CEL twin, `_grid_count_cel`).
+    """
+    delta = (low + step) - low
+    values = [low + i * delta for i in range(math.ceil((high + step - low) / step))]
+    return values[:-1] if values[-1] > high else values
+
+
+def grid_count(space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) -> float:
+    """Count the values Katib's grid tries for one parameter (past the cap: roughly).
+
+    Integer ranges step by 1 unless told; a real range without step counts as the cap (its
+    own rule reports it).
     """
     if space.values is not None:
         return float(len(space.values))
@@ -583,10 +593,7 @@ def grid_count(space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) -> float:
         return GRID_COUNT_CAP
     low, high, step = float(space.min), float(space.max), float(space.step)
     quotient = (high + step - low) / step
-    if quotient >= GRID_COUNT_CAP:
-        return quotient
-    n = float(math.ceil(quotient))
-    return n - 1.0 if low + (n - 1.0) * ((low + step) - low) > high else n
+    return quotient if quotient >= GRID_COUNT_CAP else float(len(real_grid(low, high, step)))
 
 
 def grid_size(search: Search) -> float:

@@ -15,6 +15,11 @@ unfinished trials (uncounted) and runs their draws again, in order, before new o
 step of that is one write and safe to repeat. `MNIST_ENGINE_KILL_AT=POINT[:N]` kills the
 process the N-th time it reaches POINT (see KillPoint): the tests' way to stop a run at
 each such instant.
+
+That replay holds for random and grid, whose point k depends on the seed alone; the other
+algorithms' samplers learn from the trials told so far, so their interrupted draws are asked
+of the sampler afresh. With `earlyStopping`, each trial gets Katib's median rule when it
+starts and is stopped, counted EarlyStopped, at the report where the rule says so.
 """
 
 from __future__ import annotations
@@ -39,18 +44,26 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_tuning.api.expand import resolve_seed
-from mnist_tuning.api.metrics import MetricsFileError, MetricSummary, read_metrics_file
+from mnist_tuning.api.metrics import (
+    MetricsFileError,
+    MetricSummary,
+    read_metrics_file,
+    read_metrics_series,
+)
 from mnist_tuning.api.spec import MnistTuning, MnistTuningStatus
 from mnist_tuning.api.summarize import summarize
 from mnist_tuning.local import katib
 from mnist_tuning.local.command import trial_process
-from mnist_tuning.local.katib import TrialRecord, Verdict
+from mnist_tuning.local.katib import StopRule, TrialRecord, Verdict
 from mnist_tuning.local.search import (
     Searched,
+    algorithm,
     assignments,
     distributions,
     draw,
+    grid_points,
     make_sampler,
+    replayed,
     search_space,
     suggest,
 )
@@ -69,6 +82,7 @@ METRICS = "metrics"
 MESSAGE = "message"
 NAME = "trial_name"
 DRAW = "draw"
+SERIES = "objective_series"  # the objective's reports in order, for Katib's median rule
 # Study user attributes.
 STARTED = "started"
 COMPLETED = "completed"
@@ -157,6 +171,7 @@ class _Running:
     output: IO[bytes]
     metrics_file: Path
     deadline: float | None
+    rule: StopRule | None  # Katib's median rule, fixed when the trial started
     overdue: bool = False
 
 
@@ -210,6 +225,7 @@ def record_of(trial: FrozenTrial, space: list[Searched]) -> TrialRecord | None:
         message=trial.user_attrs.get(MESSAGE, ""),
         start=trial.datetime_start,
         end=trial.datetime_complete,
+        series=tuple(trial.user_attrs.get(SERIES) or ()),
     )
 
 
@@ -279,6 +295,12 @@ class Engine:
         self.tails: dict[str, list[str]] = {}
         self.kill = KillSwitch.from_env(os.environ)
         self.points: list[dict[str, Any]] = []  # the seeded sequence, drawn so far
+        self.replayed = replayed(experiment)
+        self.grid = (
+            grid_points(experiment, resolve_seed(tuning))
+            if algorithm(experiment) == "grid"
+            else None
+        )
         self.retries: list[int] = []  # draws an interrupted run left uncounted, in order
         self.next_draw = 0
 
@@ -329,15 +351,22 @@ class Engine:
         self.next_draw = max(drawn, default=-1) + 1
 
     def tell(self, study: optuna.Study, number: int, record: TrialRecord | None) -> None:
-        """Close a trial in Optuna's books: its objective value if it succeeded, else failed."""
+        """Close a trial in Optuna's books: its objective value if it succeeded, else failed.
+
+        An early-stopped trial is pruned, as Katib's goptuna service tells its study.
+        """
         value = katib.scored_value(record, self.experiment) if record is not None else None
-        if value is None:
+        if record is not None and record.state == "EarlyStopped":
+            study.tell(number, state=TrialState.PRUNED)
+        elif value is None:
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, value)
 
     def point(self, study: optuna.Study, index: int) -> dict[str, Any]:
         """Point `index` of the seeded sequence (drawn once per run, in order)."""
+        if self.grid is not None:
+            return self.grid[index]
         while len(self.points) <= index:
             between: Callable[[], None] = lambda: self.kill.reach("draw")  # noqa: E731
             self.points.append(draw(study.sampler, study, self.space, between))
@@ -351,9 +380,13 @@ class Engine:
             index = self.retries.pop(0)
         else:
             index, self.next_draw = self.next_draw, self.next_draw + 1
-        study.enqueue_trial(self.point(study, index), user_attrs={DRAW: index})
-        self.kill.reach("enqueued")
-        trial = study.ask()
+        if self.replayed:
+            study.enqueue_trial(self.point(study, index), user_attrs={DRAW: index})
+            self.kill.reach("enqueued")
+            trial = study.ask()
+        else:  # the sampler learns from the trials told so far: ask it
+            trial = study.ask()
+            trial.set_user_attr(DRAW, index)
         self.kill.reach("asked")
         for i, (param, dist) in enumerate(self.space.items()):
             if i:
@@ -397,7 +430,10 @@ class Engine:
             start=now(),
         )
         deadline = time.monotonic() + self.deadline_seconds if self.deadline_seconds else None
-        self.running[trial.number] = _Running(trial, record, popen, output, metrics_file, deadline)
+        rule = katib.stop_rule(self.finished, self.experiment)
+        self.running[trial.number] = _Running(
+            trial, record, popen, output, metrics_file, deadline, rule
+        )
 
     def live_metrics(self, running: _Running) -> None:
         """Refresh a running trial's metrics from its file (half-written files are skipped)."""
@@ -405,7 +441,14 @@ class Engine:
             return
         with contextlib.suppress(MetricsFileError, OSError):
             metrics = read_metrics_file(running.metrics_file, self.metric_names)
-            running.record = replace(running.record, metrics=metrics)
+            running.record = replace(
+                running.record, metrics=metrics, series=self.series(running.metrics_file)
+            )
+
+    def series(self, metrics_file: Path) -> tuple[float, ...]:
+        """Read the objective's reports from a trial's metrics file, in order (Katib's log)."""
+        objective = self.metric_names[0]
+        return tuple(read_metrics_series(metrics_file, [objective]).get(objective, []))
 
     def collect(self, running: _Running, *, killed: str | None = None) -> TrialRecord:
         """Judge a finished process as Katib's trial controller would and record it."""
@@ -418,12 +461,16 @@ class Engine:
                 else {}
             )
             unreadable = ""
+            series = self.series(running.metrics_file) if metrics else ()
         except MetricsFileError as exc:
-            metrics, unreadable = {}, f"metrics file unreadable: {exc}"
+            metrics, series, unreadable = {}, (), f"metrics file unreadable: {exc}"
         value = katib.metric_value(metrics, self.experiment)
         state: katib.TrialState
         if killed is not None:
             state, message = "Killed", killed
+        elif running.rule is not None and running.rule.stops(series):
+            # Katib's collector stops the trial at that report, whatever its exit code.
+            state, message = "EarlyStopped", running.rule.reason(series, self.metric_names[0])
         elif running.overdue:
             # What a Job's activeDeadlineSeconds does to a trial pod on the cluster.
             state, message = "Failed", f"DeadlineExceeded: ran over {self.deadline_seconds} s"
@@ -437,13 +484,21 @@ class Engine:
             state, message = "Succeeded", ""
         if state in ("Failed", "MetricsUnavailable"):
             self.tails[running.record.name] = tail(running.metrics_file.parent / OUTPUT_FILE)
-        record = replace(running.record, state=state, metrics=metrics, message=message, end=now())
+        record = replace(
+            running.record,
+            state=state,
+            metrics=metrics,
+            series=series,
+            message=message,
+            end=now(),
+        )
         trial = running.trial
         trial.set_user_attr(MESSAGE, message)
         trial.set_user_attr(
             METRICS,
             {n: s.model_dump(include={"min", "max", "latest"}) for n, s in metrics.items()},
         )
+        trial.set_user_attr(SERIES, list(series))
         self.kill.reach("judging")
         trial.set_user_attr(STATE, state)  # last: the verdict is whole once STATE is there
         self.kill.reach("judged")
@@ -492,7 +547,9 @@ class Engine:
                 self.stop(running)
             if running.process.poll() is None:
                 self.live_metrics(running)
-                continue
+                if running.rule is None or not running.rule.stops(running.record.series):
+                    continue
+                self.stop(running)  # Katib's median rule: collect() records it EarlyStopped
             del self.running[number]
             self.finished.append(self.collect(running))
             self.kill.reach("told")

@@ -12,12 +12,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from mnist_tuning.api.expand import MEDIANSTOP_MIN_TRIALS, MEDIANSTOP_START_STEP
 from mnist_tuning.api.metrics import MetricSummary
 from mnist_tuning.api.spec import Objective
 from mnist_tuning.api.summarize import is_better, rfc3339
 
-TrialState = Literal["Running", "Succeeded", "Failed", "MetricsUnavailable", "Killed"]
-DONE_STATES: tuple[TrialState, ...] = ("Succeeded", "Failed", "MetricsUnavailable", "Killed")
+TrialState = Literal[
+    "Running", "Succeeded", "Failed", "MetricsUnavailable", "Killed", "EarlyStopped"
+]
+DONE_STATES: tuple[TrialState, ...] = (
+    "Succeeded",
+    "Failed",
+    "MetricsUnavailable",
+    "Killed",
+    "EarlyStopped",
+)
 
 # Conditions, reasons and messages as Katib's status_util.go writes them.
 CREATED = ("Created", "ExperimentCreated", "Experiment is created")
@@ -55,6 +64,7 @@ TRIAL_LISTS: dict[TrialState, str] = {
     "Failed": "failedTrialList",
     "MetricsUnavailable": "metricsUnavailableTrialList",
     "Killed": "killedTrialList",
+    "EarlyStopped": "earlyStoppedTrialList",
 }
 COUNTERS: dict[TrialState, str] = {
     "Running": "trialsRunning",
@@ -62,6 +72,7 @@ COUNTERS: dict[TrialState, str] = {
     "Failed": "trialsFailed",
     "MetricsUnavailable": "trialMetricsUnavailable",
     "Killed": "trialsKilled",
+    "EarlyStopped": "trialsEarlyStopped",
 }
 
 
@@ -77,6 +88,57 @@ class TrialRecord:
     message: str = ""
     start: datetime | None = None
     end: datetime | None = None
+    series: tuple[float, ...] = ()  # the objective's values in report order (per epoch)
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Katib's medianstop rule for one trial, fixed when the trial starts (as Katib does).
+
+    Katib's metrics collector keeps the trial's best objective so far and, at the trial's
+    `start_step`-th report only, stops it when that best is worse than `median`.
+    """
+
+    median: float
+    start_step: int
+    maximize: bool
+
+    def stops(self, series: Sequence[float]) -> bool:
+        """Whether a trial that reported `series` is stopped (never before start_step)."""
+        if len(series) < self.start_step:
+            return False
+        head = series[: self.start_step]
+        return max(head) < self.median if self.maximize else min(head) > self.median
+
+    def reason(self, series: Sequence[float], metric: str) -> str:
+        """Say why a trial was stopped, in Katib's words plus the numbers."""
+        head = series[: self.start_step]
+        best, worse = (max(head), "below") if self.maximize else (min(head), "above")
+        return (
+            f"Trial is early stopped: best {metric} {best:.4g} by report {self.start_step} "
+            f"is {worse} the median {self.median:.4g}"
+        )
+
+
+def stop_rule(records: Sequence[TrialRecord], experiment: Mapping[str, Any]) -> StopRule | None:
+    """Katib's medianstop service: the rule for a trial starting now, or None (no stopping).
+
+    Its "median" is the mean, over succeeded trials, of each one's mean of its first
+    start_step objective reports; there is no rule until min_trials_required have succeeded.
+    """
+    early_stopping = experiment["spec"].get("earlyStopping")
+    if early_stopping is None:
+        return None
+    settings = {s["name"]: int(s["value"]) for s in early_stopping["algorithmSettings"]}
+    start_step = settings[MEDIANSTOP_START_STEP]
+    heads = [
+        sum(r.series[:start_step]) / len(r.series[:start_step])
+        for r in records
+        if r.state == "Succeeded" and r.series
+    ]
+    if len(heads) < settings[MEDIANSTOP_MIN_TRIALS]:
+        return None
+    return StopRule(sum(heads) / len(heads), start_step, objective_of(experiment).maximize)
 
 
 def objective_of(experiment: Mapping[str, Any]) -> Objective:

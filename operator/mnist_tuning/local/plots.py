@@ -95,7 +95,9 @@ def plot_parallel(
     for record, value in sorted(scored, key=lambda rv: _rank(rv[1], maximize)):
         ys = [axis.position(record.assignments[axis.name]) for axis in axes]
         if value is None:
-            ax.plot(xs[:-1], ys, color="0.6", linestyle="--", linewidth=1, alpha=0.8)
+            stopped = record.state == "EarlyStopped"
+            style = ("tab:orange", ":") if stopped else ("0.6", "--")
+            ax.plot(xs[:-1], ys, color=style[0], linestyle=style[1], linewidth=1, alpha=0.8)
             continue
         is_best = best is not None and record.number == best.number
         ax.plot(
@@ -131,6 +133,9 @@ def plot_parallel(
         label=_better(metric, maximize),
     )
     title = f"{experiment['metadata']['name']}: {len(values)} of {len(records)} trials scored"
+    early = sum(1 for r in records if r.state == "EarlyStopped")
+    if early:
+        title += f" ({early} early stopped, dotted)"
     if best is not None:
         title += f", best trial {best.number} in red"
     ax.set_title(title)
@@ -167,6 +172,15 @@ def plot_objective(
             if best is not None:
                 best_so_far.append((number, best))
         ax.step(*zip(*best_so_far, strict=True), where="post", color="crimson", label="best so far")
+    stopped = [(r.number, r.series[-1]) for r in records if r.state == "EarlyStopped" and r.series]
+    if stopped:
+        ax.scatter(
+            *zip(*stopped, strict=True),
+            marker="x",
+            color="tab:orange",
+            zorder=3,
+            label=f"early stopped (last {metric})",
+        )
     failed = [r.number for r in records if r.state in ("Failed", "MetricsUnavailable")]
     if failed:
         for number in failed:

@@ -8,6 +8,7 @@ cluster and this machine search exactly the same space.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,23 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
+from mnist_tuning.api.spec import real_grid
+
+# Algorithms whose k-th point depends on the seed alone (see `replayed`).
+REPLAYED = ("random", "grid")
+# No budget asks a grid for more points (maxTrials is at most 1000).
+MAX_GRID_TRIALS = 1000
 # The random sampler reads no trial; sample_independent still takes one.
 _TEMPLATE: FrozenTrial = create_trial(state=TrialState.WAITING)
 
@@ -61,12 +75,15 @@ class Searched:
         return str(tidy if self.low <= tidy <= self.high else stepped)
 
 
-def searched(parameter: Mapping[str, Any]) -> Searched:
-    """Map one Katib `ParameterSpec` to the Optuna distribution that samples the same space."""
+def searched(parameter: Mapping[str, Any], *, log_reals: bool = False) -> Searched:
+    """Map one Katib `ParameterSpec` to the Optuna distribution that samples the same space.
+
+    `log_reals`: sample every real range on a log scale, as Katib's skopt service does.
+    """
     name = parameter["name"]
     kind = parameter["parameterType"]
     space = parameter["feasibleSpace"]
-    log = space.get("distribution") == "logUniform"
+    log = space.get("distribution") == "logUniform" or (log_reals and kind == "double")
     if kind in ("categorical", "discrete"):
         # Katib hands list values to the trial verbatim, as the strings in the spec.
         return Searched(name, CategoricalDistribution([str(value) for value in space["list"]]))
@@ -85,8 +102,24 @@ def searched(parameter: Mapping[str, Any]) -> Searched:
 
 
 def search_space(experiment: Mapping[str, Any]) -> list[Searched]:
-    """All searched parameters of an Experiment, in spec order."""
-    return [searched(p) for p in experiment["spec"]["parameters"]]
+    """All searched parameters of an Experiment, in spec order, as its algorithm samples them."""
+    log_reals = algorithm(experiment) == "bayesianoptimization"
+    return [searched(p, log_reals=log_reals) for p in experiment["spec"]["parameters"]]
+
+
+def algorithm(experiment: Mapping[str, Any]) -> str:
+    """Return the Experiment's algorithm name."""
+    name: str = experiment["spec"]["algorithm"]["algorithmName"]
+    return name
+
+
+def replayed(experiment: Mapping[str, Any]) -> bool:
+    """Whether point k of the search depends on the seed alone, so a resumed run redraws it.
+
+    Random and grid do; the others learn from the trials told so far, so a resumed run asks
+    its sampler afresh, as Katib's services do after a restart.
+    """
+    return algorithm(experiment) in REPLAYED
 
 
 def distributions(space: Sequence[Searched]) -> dict[str, BaseDistribution]:
@@ -99,12 +132,65 @@ def assignments(space: Sequence[Searched], params: Mapping[str, Any]) -> dict[st
     return {s.name: s.assignment(params[s.name]) for s in space}
 
 
-def make_sampler(experiment: Mapping[str, Any], seed: int) -> RandomSampler:
-    """Make the sampler for the Experiment's algorithm (only `random` exists in the API)."""
-    name = experiment["spec"]["algorithm"]["algorithmName"]
-    if name != "random":
-        raise UnsupportedSearchError(f"algorithm {name} is not supported locally; use random")
-    return RandomSampler(seed=seed)
+def make_sampler(experiment: Mapping[str, Any], seed: int) -> BaseSampler:
+    """Make the Optuna sampler that matches the Experiment's algorithm, seeded.
+
+    Settings follow the Katib service that runs the algorithm: tpe and multivariate-tpe
+    with a constant liar (optuna service), sobol unscrambled (goptuna); grid trials are all
+    enqueued from `grid_points`, so its sampler is never asked.
+    """
+    name = algorithm(experiment)
+    samplers: dict[str, Callable[[], BaseSampler]] = {
+        "random": lambda: RandomSampler(seed=seed),
+        "grid": lambda: RandomSampler(seed=seed),
+        "tpe": lambda: TPESampler(seed=seed, constant_liar=True),
+        "multivariate-tpe": lambda: TPESampler(seed=seed, multivariate=True, constant_liar=True),
+        "cmaes": lambda: CmaEsSampler(seed=seed, warn_independent_sampling=False),
+        "sobol": lambda: QMCSampler(
+            qmc_type="sobol",
+            scramble=False,
+            seed=seed,
+            warn_asynchronous_seeding=False,
+            warn_independent_sampling=False,
+        ),
+        "bayesianoptimization": lambda: GPSampler(seed=seed, warn_independent_sampling=False),
+    }
+    if name not in samplers:
+        raise UnsupportedSearchError(f"algorithm {name} is not supported locally")
+    return samplers[name]()
+
+
+def grid_points(experiment: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Katib's grid, every combination once, in a seeded order (as its GridSampler draws).
+
+    The values per parameter are the optuna service's (`real_grid` for real ranges); the
+    order is a seeded sample of combination indices, decoded lazily, so a huge grid costs
+    only the trials a budget can ask for.
+    """
+    axes: list[tuple[str, list[Any]]] = []
+    for parameter in experiment["spec"]["parameters"]:
+        space = parameter["feasibleSpace"]
+        kind = parameter["parameterType"]
+        if kind in ("categorical", "discrete"):
+            values: list[Any] = [str(v) for v in space["list"]]
+        elif kind == "int":
+            values = list(
+                range(int(space["min"]), int(space["max"]) + 1, int(space.get("step") or 1))
+            )
+        else:
+            values = real_grid(float(space["min"]), float(space["max"]), float(space["step"]))
+        if len(values) > 1:  # Optuna asks nothing of a one-value parameter
+            axes.append((parameter["name"], values))
+    size = math.prod(len(values) for _, values in axes)
+    order = random.Random(seed).sample(range(size), min(size, MAX_GRID_TRIALS))
+    points = []
+    for index in order:
+        point = {}
+        for name, values in reversed(axes):
+            index, at = divmod(index, len(values))
+            point[name] = values[at]
+        points.append(point)
+    return points
 
 
 def draw(

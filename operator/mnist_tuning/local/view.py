@@ -26,6 +26,7 @@ STATE_STYLES = {
     "Failed": "red",
     "MetricsUnavailable": "red",
     "Killed": "yellow",
+    "EarlyStopped": "magenta",
 }
 MAX_ROWS = 30  # a long run shows its newest trials; the plots show them all
 
@@ -51,12 +52,14 @@ def headline(progress: Progress) -> Text:
     records = progress.records
     done = count(records, *DONE_STATES)
     failed = count(records, "Failed", "MetricsUnavailable")
+    stopped = count(records, "EarlyStopped")
     text = Text.assemble(
         (progress.experiment, "bold"),
         f"  trials {done}/{progress.max_trials}",
         f"  running {count(records, 'Running')}/{progress.parallel}",
         (f"  failed {failed}", "red" if failed else ""),
         f" (stops at {max(progress.max_failed, 1)})",
+        (f"  early stopped {stopped}", STATE_STYLES["EarlyStopped"]) if stopped else "",
         f"  {progress.threads_per_trial} thread(s) per trial",
     )
     if progress.verdict is not None:
