@@ -27,7 +27,18 @@ def rendered(sample: Path) -> str:
 
 
 def test_every_sample_has_a_golden_file() -> None:
-    assert [p.name for p in SAMPLES] == ["full.yaml", "quick.yaml", "seed-random.yaml"]
+    assert [p.name for p in SAMPLES] == [
+        "bayesianoptimization.yaml",
+        "cmaes.yaml",
+        "early-stopping.yaml",
+        "full.yaml",
+        "grid.yaml",
+        "multivariate-tpe.yaml",
+        "quick.yaml",
+        "seed-random.yaml",
+        "sobol.yaml",
+        "tpe.yaml",
+    ]
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
