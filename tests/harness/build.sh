@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries the test tiers run against, from the Go module proxy.
 # `build.sh node` also builds the single-node cluster's programs (tests/harness/node): kubelet,
-# kube-scheduler, kube-proxy, CoreDNS and the pod sandbox's pause.
+# kube-scheduler, kube-proxy, CoreDNS, the pod sandbox's pause, and Katib's controller, DB
+# manager, file metrics collector and goptuna suggestion service.
 #
 # Each component is compiled once per (component version, Go version) into a cache outside the
 # repository, then copied into .cluster/bin/ (git-ignored). A warm run only copies.
@@ -113,6 +114,19 @@ if $with_node; then
   build_component coredns node/coredns "$coredns_version" "" .=coredns
   pause_hash="$(sha256sum "$here/node/pause/"{main.go,go.mod} | sha256sum | cut -c1-12)"
   build_component pause node/pause "$pause_hash" "" .=pause
+  katib_node_version="$(module_version node/katib-programs github.com/kubeflow/katib)"
+  katib_cmd=github.com/kubeflow/katib/cmd
+  build_component katib-node node/katib-programs "$katib_node_version" "" \
+    "$katib_cmd/katib-controller/v1beta1=katib-controller" \
+    "$katib_cmd/db-manager/v1beta1=katib-db-manager" \
+    "$katib_cmd/metricscollector/v1beta1/file-metricscollector=file-metricscollector" \
+    "$katib_cmd/suggestion/goptuna/v1beta1=goptuna-suggestion"
+  # Katib's own install manifests, for tests/harness/node/katib.py's overlay.
+  katib_node_dir="$(cd "$here/node/katib-programs" && "$go_bin" list -m -f '{{.Dir}}' github.com/kubeflow/katib)"
+  rm -rf "$cluster_dir/katib"
+  mkdir -p "$cluster_dir/katib/manifests"
+  cp -r "$katib_node_dir/manifests/v1beta1" "$cluster_dir/katib/manifests/"
+  chmod -R u+w "$cluster_dir/katib"
 fi
 
 echo "build.sh: binaries in $cluster_dir/bin" >&2

@@ -4,6 +4,7 @@ The node runs from a temporary state directory (tests/harness/node), so it never
 developer's `make katib-cluster` in .katib-cluster/; since only one node fits on a machine, a
 running one is reported instead of being torn down. Tests marked `destroys_node` stop and
 restart it: they run last, after `reads_node_counters` tests, which read what the others did.
+The `katib` fixture installs real Katib on the node once, for the tests that ask for it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from launcher import DEFAULT_BIN_DIR
+from node.katib import INJECTION_LABEL, install, manifests_dir
 from node.node import Node, RunningNode, read_running, recorded_root
 
 
@@ -70,3 +72,17 @@ def node_namespace(node: RunningNode, request: pytest.FixtureRequest) -> Iterato
     node.kubectl("create", "namespace", name)
     yield name
     node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def katib(node: RunningNode) -> RunningNode:
+    """The node with real Katib v0.19.0 installed and every Deployment of it Available."""
+    install(node, DEFAULT_BIN_DIR, manifests_dir(DEFAULT_BIN_DIR))
+    return node
+
+
+@pytest.fixture
+def katib_namespace(katib: RunningNode, node_namespace: str) -> str:
+    """A fresh namespace that Katib's webhooks accept Experiments in."""
+    katib.kubectl("label", "namespace", node_namespace, f"{INJECTION_LABEL}=enabled")
+    return node_namespace

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from node.node import RunningNode, test_image
+from node.node import RunningNode, userland_image
 
 WAIT_S = 120.0
 
@@ -16,7 +16,7 @@ def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
     """A container of the test image running a Python script (never pulled)."""
     return {
         "name": name,
-        "image": test_image(),
+        "image": userland_image(),
         "imagePullPolicy": "Never",
         "command": ["python3", "-u", "-c", script],
         **extra,

@@ -36,9 +36,16 @@ def test_an_oci_archive_chains_index_manifest_config_and_layer_by_digest(tmp_pat
     (rootfs / "usr" / "bin" / "alias").symlink_to("tool")
     layer = tmp_path / "layer.tar"
     images.write_layer(rootfs, layer)
+    extra = tmp_path / "extra"
+    (extra / "etc").mkdir(parents=True)
+    (extra / "etc" / "tool.conf").write_text("on\n")
+    top = tmp_path / "top.tar"
+    images.write_layer(extra, top)
     config = images.ImageConfig(entrypoint=["/usr/bin/tool"], cmd=["--flag"], env={"A": "1"})
 
-    digest = images.write_oci_archive(layer, "localhost/tool:1.0", config, tmp_path / "out.tar")
+    digest = images.write_oci_archive(
+        [layer, top], "localhost/tool:1.0", config, tmp_path / "out.tar"
+    )
 
     files = read_archive(tmp_path / "out.tar")
     assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
@@ -47,8 +54,10 @@ def test_an_oci_archive_chains_index_manifest_config_and_layer_by_digest(tmp_pat
     assert entry["annotations"]["io.containerd.image.name"] == "localhost/tool:1.0"
     manifest = json.loads(blob(files, digest))
     image_config = json.loads(blob(files, manifest["config"]["digest"]))
-    [layer_entry] = manifest["layers"]
-    assert image_config["rootfs"]["diff_ids"] == [layer_entry["digest"]]
+    layer_entry, top_entry = manifest["layers"]
+    assert image_config["rootfs"]["diff_ids"] == [layer_entry["digest"], top_entry["digest"]]
+    with tarfile.open(fileobj=io.BytesIO(blob(files, top_entry["digest"]))) as tar:
+        assert tar.getnames() == ["etc", "etc/tool.conf"]
     assert image_config["config"]["Entrypoint"] == ["/usr/bin/tool"]
     assert image_config["config"]["Cmd"] == ["--flag"]
     assert "A=1" in image_config["config"]["Env"]
@@ -73,7 +82,7 @@ def test_the_same_rootfs_gives_the_same_image(tmp_path: Path) -> None:
         images.write_layer(rootfs, layer)
         config = images.ImageConfig(entrypoint=["/tool"])
         digests.append(
-            images.write_oci_archive(layer, "localhost/t:1", config, tmp_path / f"{attempt}.tar")
+            images.write_oci_archive([layer], "localhost/t:1", config, tmp_path / f"{attempt}.tar")
         )
     assert digests[0] == digests[1]
 
@@ -83,7 +92,7 @@ def test_an_image_needs_an_explicit_tag_other_than_latest(tmp_path: Path, name: 
     layer = tmp_path / "layer.tar"
     images.write_layer(images.static_rootfs(tmp_path / "rootfs", {}), layer)
     with pytest.raises(ValueError, match="explicit tag"):
-        images.write_oci_archive(layer, name, images.ImageConfig(), tmp_path / "out.tar")
+        images.write_oci_archive([layer], name, images.ImageConfig(), tmp_path / "out.tar")
 
 
 def test_a_debian_layer_leaves_out_runtime_folders_but_keeps_them(tmp_path: Path) -> None:

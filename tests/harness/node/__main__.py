@@ -1,4 +1,7 @@
-"""`python -m node up|down|status --dir DIR`: the single-node cluster from the command line."""
+"""`python -m node up|down|status --dir DIR`: the single-node cluster from the command line.
+
+`up` brings the node up, installs real Katib v0.19.0 on it and our MnistTuning CRD.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 from launcher import REPO_ROOT
 
+from node import katib
 from node.host import HostError
 from node.node import Node, NodeError, read_running
 
@@ -30,12 +34,19 @@ def main(argv: list[str] | None = None) -> int:
             print("node stopped; nothing of it is left on this machine")
             return 0
         running = node.up()
+        katib.install(running, args.bin_dir, katib.manifests_dir(args.bin_dir))
+        running.kubectl(
+            "apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "mnisttuning.yaml")
+        )
     except (NodeError, HostError) as error:
         print(f"katib-cluster {args.command}: {error}", file=sys.stderr)
         return 1
     layout = running.layout
     print(
         "node Ready, DNS answering: " + ", ".join(f"{k} {v}s" for k, v in running.timings.items())
+    )
+    print(
+        f"Katib {katib.VERSION} Available in namespace {katib.NAMESPACE}; MnistTuning CRD installed"
     )
     print(f"  export KUBECONFIG={layout.kubeconfig}")
     print(f"  {layout.bin / 'kubectl'} get nodes,pods -A")

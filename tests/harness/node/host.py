@@ -246,7 +246,7 @@ def leftovers(state_dirs: Iterable[Path], plan: NetworkPlan) -> Leftovers:
     )
 
 
-def kill_processes(state_dirs: Iterable[Path], grace_s: float = 10.0) -> None:
+def kill_processes(state_dirs: Iterable[Path], grace_s: float = 3.0) -> None:
     """SIGTERM every node program, then SIGKILL what is still there after `grace_s`."""
     dirs = list(state_dirs)
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -296,6 +296,8 @@ def _remove_chains() -> None:
 def clean(state_dirs: Iterable[Path], plan: NetworkPlan) -> Leftovers:
     """Remove every trace of a node (processes first, then what they held); return what is left."""
     dirs = list(state_dirs)
+    # Containers first: their shims then exit on SIGTERM instead of waiting for them.
+    _kill_cgroup_members()
     kill_processes(dirs)
     _kill_cgroup_members()
     for point in sorted(node_mounts(dirs), key=len, reverse=True):

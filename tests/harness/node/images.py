@@ -1,6 +1,6 @@
 """Container images without a daemon or a registry: OCI image layouts, imported into containerd.
 
-An image here is one layer (a tar of a root filesystem) plus an OCI config, manifest and index,
+An image here is a few layers (tars of root filesystems) plus an OCI config, manifest and index,
 written as an OCI image layout inside a tar: what `ctr -n k8s.io images import` reads. Two
 kinds of root filesystem: a few static binaries on an empty base, and a Debian userland made by
 `debootstrap --variant=minbase`, cached by its suite and package list because it takes a minute
@@ -118,19 +118,19 @@ def _json(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_oci_archive(layer: Path, name: str, config: ImageConfig, out: Path) -> str:
-    """Write an OCI image layout tar of one layer named `name`; return its manifest digest."""
+def write_oci_archive(layers: Sequence[Path], name: str, config: ImageConfig, out: Path) -> str:
+    """Write an OCI image layout tar of `layers` (base first) named `name`; return its digest."""
     repository, _, tag = name.rpartition(":")
     if not repository or not tag or "/" in tag or tag == "latest":
         raise ValueError(f"image name {name!r} needs an explicit tag other than latest")
-    layer_digest, layer_size = _digest_file(layer)
+    digests = [_digest_file(layer) for layer in layers]
     image_config = _json(
         {
             "created": EPOCH,
             "architecture": "amd64",
             "os": "linux",
             "config": config.as_oci(),
-            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            "rootfs": {"type": "layers", "diff_ids": [digest for digest, _ in digests]},
             "history": [{"created": EPOCH, "created_by": f"mnist-tuning node images: {name}"}],
         }
     )
@@ -140,7 +140,7 @@ def write_oci_archive(layer: Path, name: str, config: ImageConfig, out: Path) ->
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
             "config": _descriptor(MEDIA_CONFIG, config_digest, config_size),
-            "layers": [_descriptor(MEDIA_LAYER, layer_digest, layer_size)],
+            "layers": [_descriptor(MEDIA_LAYER, digest, size) for digest, size in digests],
         }
     )
     manifest_digest, manifest_size = _digest(manifest)
@@ -174,7 +174,8 @@ def write_oci_archive(layer: Path, name: str, config: ImageConfig, out: Path) ->
             info = tarfile.TarInfo(member)
             info.size, info.mode = len(data), 0o644
             archive.addfile(info, io.BytesIO(data))
-        archive.add(str(layer), arcname=blob_path(layer_digest))
+        for layer, (digest, _) in zip(layers, digests, strict=True):
+            archive.add(str(layer), arcname=blob_path(digest))
     return manifest_digest
 
 

@@ -60,7 +60,7 @@ START_TIMEOUT_S = 180.0
 TEST_USERLAND = images.DebianUserland("bookworm", ("python3",))
 
 
-def test_image() -> str:
+def userland_image() -> str:
     """The name of the Debian test image; its tag is the userland's cache key."""
     return f"localhost/mnist-tuning/debian-python:bookworm-{TEST_USERLAND.key()}"
 
@@ -270,11 +270,11 @@ class Node:
             layer = work / f"{stem}.layer.tar"
             images.write_layer(rootfs, layer)
             archives.append(work / f"{stem}.oci.tar")
-            images.write_oci_archive(layer, name, config, archives[-1])
+            images.write_oci_archive([layer], name, config, archives[-1])
         layer = TEST_USERLAND.layer(cache_dir() / "images", images.debian_mirror())
         archives.append(work / "debian-python.oci.tar")
         images.write_oci_archive(
-            layer, test_image(), images.ImageConfig(cmd=["python3"]), archives[-1]
+            [layer], userland_image(), images.ImageConfig(cmd=["python3"]), archives[-1]
         )
         for archive in archives:
             images.import_archive(["ctr"], archive)

@@ -1,0 +1,80 @@
+"""The node's Katib install is Katib's own standalone install, changed only where it must be.
+
+Both are rendered with the real kubectl's kustomize from the module's manifests (left beside
+the binaries by `build.sh node`), and compared object by object.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import launcher
+import pytest
+import yaml
+from node.katib import GOPTUNA_IMAGE, NAMESPACE, manifests_dir, mariadb_image, write_overlay
+
+Objects = dict[tuple[str, str], dict[str, Any]]
+
+
+def rendered(directory: Path) -> Objects:
+    kubectl = launcher.DEFAULT_BIN_DIR / "kubectl"
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(directory)], capture_output=True, text=True, check=True
+    ).stdout
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[Objects, Objects]:
+    manifests = manifests_dir(launcher.DEFAULT_BIN_DIR)
+    if not manifests.is_dir():
+        pytest.fail(f"no Katib manifests in {manifests}; run `make node-binaries`", pytrace=False)
+    target = tmp_path_factory.mktemp("katib")
+    overlay = write_overlay(manifests, target, Path("/var/lib/katib-mysql"))
+    upstream = rendered(target / "v1beta1" / "installs" / "katib-standalone")
+    return upstream, rendered(overlay)
+
+
+def test_the_overlay_drops_the_ui_and_adds_only_the_database_volume(
+    both: tuple[Objects, Objects],
+) -> None:
+    upstream, ours = both
+    assert {key for key in upstream if "katib-ui" in key[1]} == {
+        ("ClusterRole", "katib-ui"),
+        ("ClusterRoleBinding", "katib-ui"),
+        ("Deployment", "katib-ui"),
+        ("Service", "katib-ui"),
+        ("ServiceAccount", "katib-ui"),
+    }
+    assert set(upstream) - set(ours) == {key for key in upstream if "katib-ui" in key[1]}
+    assert set(ours) - set(upstream) == {("PersistentVolume", "katib-mysql")}
+    volume = ours[("PersistentVolume", "katib-mysql")]["spec"]
+    assert volume["claimRef"] == {"namespace": NAMESPACE, "name": "katib-mysql"}
+
+
+def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions(
+    both: tuple[Objects, Objects],
+) -> None:
+    upstream, ours = both
+    changed = {key for key in set(upstream) & set(ours) if upstream[key] != ours[key]}
+    assert changed == {("Deployment", "katib-mysql"), ("ConfigMap", "katib-config")}
+
+    [database] = ours[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]
+    [original] = upstream[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]
+    assert database["image"] == mariadb_image()
+    assert {**database, "image": original["image"]} == original
+
+    config = yaml.safe_load(ours[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
+    before = yaml.safe_load(upstream[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
+    moved = {
+        s["algorithmName"]: s["image"]
+        for s, b in zip(
+            config["runtime"]["suggestions"], before["runtime"]["suggestions"], strict=True
+        )
+        if s != b
+    }
+    assert moved == {"random": GOPTUNA_IMAGE, "tpe": GOPTUNA_IMAGE}
+    assert {**config, "runtime": {}} == {**before, "runtime": {}}
+    assert config["runtime"]["metricsCollectors"] == before["runtime"]["metricsCollectors"]

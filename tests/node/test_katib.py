@@ -1,0 +1,168 @@
+"""Real Katib v0.19.0 on the node: its webhooks judge Experiments, its controller runs them.
+
+The trial here is a few lines of Python in the node's Debian test image that writes one metric
+in the JSON-lines format our trainer writes; Katib's own sidecar collects it, its DB manager
+stores it, and goptuna (serving `random`, see tests/harness/node/katib.py) suggests the values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from node.katib import trial_pods
+from node.node import NodeError, RunningNode, userland_image
+from workloads import wait_for
+
+METRICS = "/var/log/katib/metrics.json"
+# Katib's collector finds the trainer by scanning /proc once, right after it starts; a trainer
+# that has already ended then fails its trial ("unable to find main pid"). A real trainer runs
+# for many seconds; this one stays up until the collector has run for two.
+TRIAL = (
+    "import argparse, json, os, time\n"
+    "parser = argparse.ArgumentParser()\n"
+    "parser.add_argument('--x', type=float, required=True)\n"
+    "x = parser.parse_args().x\n"
+    f"with open('{METRICS}', 'w') as metrics:\n"
+    "    score = 1 - (x - 0.3) ** 2\n"
+    "    metrics.write(json.dumps({'score': str(score), 'timestamp': time.time()}) + '\\n')\n"
+    "print('x', x, 'score', score)\n"
+    "def collector_up():\n"
+    "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "        try: argv0 = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0]\n"
+    "        except OSError: continue\n"
+    "        if argv0.endswith(b'metricscollector'): return True\n"
+    "    return False\n"
+    "while not collector_up(): time.sleep(0.1)\n"
+    "time.sleep(2)\n"
+)
+# Katib's injected container in every trial pod of a File collector.
+SIDECAR = "metrics-logger-and-collector"
+
+
+def experiment(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "objective": {"type": "maximize", "objectiveMetricName": "score"},
+        "algorithm": {
+            "algorithmName": "random",
+            "algorithmSettings": [{"name": "random_state", "value": "7"}],
+        },
+        "parallelTrialCount": 2,
+        "maxTrialCount": 2,
+        "maxFailedTrialCount": 1,
+        "metricsCollectorSpec": {
+            "collector": {"kind": "File"},
+            "source": {"fileSystemPath": {"path": METRICS, "kind": "File", "format": "JSON"}},
+        },
+        "parameters": [
+            {"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}
+        ],
+        "trialTemplate": {
+            "primaryContainerName": "training",
+            "retain": True,
+            "trialParameters": [{"name": "x", "reference": "x"}],
+            "trialSpec": {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "training",
+                                    "image": userland_image(),
+                                    "imagePullPolicy": "Never",
+                                    "command": [
+                                        "python3",
+                                        "/trial/trial.py",
+                                        "--x=${trialParameters.x}",
+                                    ],
+                                    "volumeMounts": [{"name": "trial", "mountPath": "/trial"}],
+                                }
+                            ],
+                            "volumes": [{"name": "trial", "configMap": {"name": "trial"}}],
+                        }
+                    },
+                },
+            },
+        },
+        **overrides,
+    }
+    return {
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def conditions(node: RunningNode, namespace: str, name: str) -> dict[str, str]:
+    got = node.kubectl("get", "experiment", name, "-n", namespace, "-o", "json").stdout
+    status = json.loads(got).get("status", {})
+    return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+
+def test_katib_runs_an_experiment_with_its_sidecar_db_and_goptuna(
+    katib: RunningNode, katib_namespace: str
+) -> None:
+    script = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "trial", "namespace": katib_namespace},
+        "data": {"trial.py": TRIAL},
+    }
+    katib.apply([script, experiment("quadratic", katib_namespace)])
+
+    def ended() -> bool:
+        seen = conditions(katib, katib_namespace, "quadratic")
+        return seen.get("Succeeded") == "True" or seen.get("Failed") == "True"
+
+    try:
+        wait_for("Experiment quadratic to end", ended, timeout=420)
+    finally:
+        print(katib.kubectl("get", "experiments,trials,pods", "-n", katib_namespace).stdout)
+    final = json.loads(
+        katib.kubectl("get", "experiment", "quadratic", "-n", katib_namespace, "-o", "json").stdout
+    )
+    status = final["status"]
+    assert conditions(katib, katib_namespace, "quadratic")["Succeeded"] == "True", status
+    assert status["trialsSucceeded"] == 2
+    trials = yaml.safe_load(
+        katib.kubectl("get", "trials", "-n", katib_namespace, "-o", "yaml").stdout
+    )["items"]
+    assert len(trials) == 2
+    for trial in trials:
+        [assignment] = trial["spec"]["parameterAssignments"]
+        x = float(assignment["value"])
+        assert 0 <= x <= 1
+        [metric] = trial["status"]["observation"]["metrics"]
+        assert metric["name"] == "score"
+        assert float(metric["latest"]) == pytest.approx(1 - (x - 0.3) ** 2)
+    best = status["currentOptimalTrial"]
+    best_score = float(best["observation"]["metrics"][0]["latest"])
+    assert best_score == max(
+        float(t["status"]["observation"]["metrics"][0]["latest"]) for t in trials
+    )
+    pods = trial_pods(katib, katib_namespace)
+    assert len(pods) == 2
+    for pod in pods:
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        assert names == ["training", SIDECAR], "Katib's webhook injected its collector"
+        assert pod["status"]["phase"] == "Succeeded"
+
+
+def test_katibs_validating_webhook_refuses_an_impossible_experiment(
+    katib: RunningNode, katib_namespace: str
+) -> None:
+    broken = experiment("broken", katib_namespace, parallelTrialCount=3)
+
+    with pytest.raises(NodeError) as refused:
+        katib.apply([broken])
+
+    assert "admission webhook" in str(refused.value)
+    assert "parallelTrialCount" in str(refused.value)
+    assert katib.kubectl("get", "experiments", "-n", katib_namespace, "-o", "name").stdout == ""
