@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from launcher import REPO_ROOT
+from mnist_tuning.api.expand import expand
+from mnist_tuning.api.spec import parse_tuning
 from node.katib import trial_pods
 from node.node import NodeError, RunningNode, userland_image
 from workloads import wait_for
@@ -20,15 +23,7 @@ METRICS = "/var/log/katib/metrics.json"
 # Katib's collector finds the trainer by scanning /proc once, right after it starts; a trainer
 # that has already ended then fails its trial ("unable to find main pid"). A real trainer runs
 # for many seconds; this one stays up until the collector has run for two.
-TRIAL = (
-    "import argparse, json, os, time\n"
-    "parser = argparse.ArgumentParser()\n"
-    "parser.add_argument('--x', type=float, required=True)\n"
-    "x = parser.parse_args().x\n"
-    f"with open('{METRICS}', 'w') as metrics:\n"
-    "    score = 1 - (x - 0.3) ** 2\n"
-    "    metrics.write(json.dumps({'score': str(score), 'timestamp': time.time()}) + '\\n')\n"
-    "print('x', x, 'score', score)\n"
+WAIT_FOR_COLLECTOR = (
     "def collector_up():\n"
     "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
     "        try: argv0 = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0]\n"
@@ -37,6 +32,16 @@ TRIAL = (
     "    return False\n"
     "while not collector_up(): time.sleep(0.1)\n"
     "time.sleep(2)\n"
+)
+TRIAL = (
+    "import argparse, json, os, time\n"
+    "parser = argparse.ArgumentParser()\n"
+    "parser.add_argument('--x', type=float, required=True)\n"
+    "x = parser.parse_args().x\n"
+    f"with open('{METRICS}', 'w') as metrics:\n"
+    "    score = 1 - (x - 0.3) ** 2\n"
+    "    metrics.write(json.dumps({'score': str(score), 'timestamp': time.time()}) + '\\n')\n"
+    "print('x', x, 'score', score)\n" + WAIT_FOR_COLLECTOR
 )
 # Katib's injected container in every trial pod of a File collector.
 SIDECAR = "metrics-logger-and-collector"
@@ -166,3 +171,66 @@ def test_katibs_validating_webhook_refuses_an_impossible_experiment(
     assert "admission webhook" in str(refused.value)
     assert "parallelTrialCount" in str(refused.value)
     assert katib.kubectl("get", "experiments", "-n", katib_namespace, "-o", "name").stdout == ""
+
+
+# Our trainer's command line, answered in our trainer's metrics format: what an Experiment that
+# expand() renders runs, without the PyTorch image.
+STAND_IN_TRAINER = (
+    "import json, os, sys, time\n"
+    "flags = dict(a.removeprefix('--').split('=', 1) for a in sys.argv[1:])\n"
+    "lr, momentum = float(flags['learning-rate']), float(flags['momentum'])\n"
+    "accuracy = 1 - abs(lr - 0.05) - abs(momentum - 0.9) / 10\n"
+    "with open(flags['metrics-file'], 'w') as metrics:\n"
+    "    metrics.write(json.dumps({'accuracy': str(accuracy), 'loss': str(1 - accuracy),\n"
+    "                              'timestamp': time.time()}) + '\\n')\n" + WAIT_FOR_COLLECTOR
+)
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "cmaes"])
+def test_katib_runs_the_experiment_expand_renders_for_a_goptuna_algorithm(
+    katib: RunningNode, katib_namespace: str, algorithm: str
+) -> None:
+    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "samples" / f"{algorithm}.yaml").read_text())
+    manifest["metadata"]["namespace"] = katib_namespace
+    manifest["spec"]["budget"] = {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 0}
+    rendered = expand(parse_tuning(manifest))
+    job = rendered["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    [trainer] = job["containers"]
+    assert trainer["command"][:3] == ["python", "-m", "mnist_trainer"]
+    trainer["image"] = userland_image()
+    trainer["imagePullPolicy"] = "Never"
+    trainer["command"] = ["python3", "/trial/trainer.py", *trainer["command"][3:]]
+    trainer.setdefault("volumeMounts", []).append({"name": "trial", "mountPath": "/trial"})
+    job.setdefault("volumes", []).append({"name": "trial", "configMap": {"name": "trial"}})
+    script = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "trial", "namespace": katib_namespace},
+        "data": {"trainer.py": STAND_IN_TRAINER},
+    }
+    name = rendered["metadata"]["name"]
+    katib.apply([script, rendered])
+
+    def ended() -> bool:
+        seen = conditions(katib, katib_namespace, name)
+        return seen.get("Succeeded") == "True" or seen.get("Failed") == "True"
+
+    wait_for(f"Experiment {name} to end", ended, timeout=420)
+    final = json.loads(
+        katib.kubectl("get", "experiment", name, "-n", katib_namespace, "-o", "json").stdout
+    )
+    assert conditions(katib, katib_namespace, name)["Succeeded"] == "True", final["status"]
+    assert final["status"]["trialsSucceeded"] == 2
+    best = final["status"]["currentOptimalTrial"]
+    values = {
+        p["name"]: float(p["value"])
+        for p in best["parameterAssignments"]
+        if p["name"] in ("learningRate", "momentum")
+    }
+    search = manifest["spec"]["search"]
+    for parameter in ("learningRate", "momentum"):
+        assert search[parameter]["min"] <= values[parameter] <= search[parameter]["max"]
+    metrics = {m["name"]: float(m["latest"]) for m in best["observation"]["metrics"]}
+    expected = 1 - abs(values["learningRate"] - 0.05) - abs(values["momentum"] - 0.9) / 10
+    assert metrics["accuracy"] == pytest.approx(expected)
+    assert metrics["loss"] == pytest.approx(1 - expected)
