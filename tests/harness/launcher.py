@@ -168,14 +168,7 @@ def write_pki(directory: Path, clients: dict[str, tuple[str, str]]) -> Pki:
             x509_name(user, group), key, (ca_name, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
         )
         write(stem, cert, key)
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (directory / "sa.key").write_bytes(pem_key(sa_key))
-    (directory / "sa.key").chmod(0o600)
-    (directory / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    write_service_account_key(directory)
     return Pki(
         ca_cert=written["ca.crt"],
         serving_cert=written["apiserver.crt"],
@@ -183,6 +176,18 @@ def write_pki(directory: Path, clients: dict[str, tuple[str, str]]) -> Pki:
         sa_public=directory / "sa.pub",
         sa_private=directory / "sa.key",
         clients={stem: (written[f"{stem}.crt"], written[f"{stem}.key"]) for stem in clients},
+    )
+
+
+def write_service_account_key(directory: Path) -> None:
+    """sa.key and sa.pub: the RSA pair the API server signs and checks tokens with."""
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (directory / "sa.key").write_bytes(pem_key(sa_key))
+    (directory / "sa.key").chmod(0o600)
+    (directory / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
 

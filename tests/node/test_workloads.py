@@ -11,7 +11,7 @@ import uuid
 from node.network import DNS_SERVICE_IP, resolve
 from node.node import RunningNode
 from node.pki import tls_secret_material
-from workloads import container, pod, wait_for, wait_pod_phase
+from workloads import container, pod, served, wait_for, wait_pod_phase
 
 
 def test_a_pod_of_a_locally_built_image_runs_and_its_logs_come_back(
@@ -39,25 +39,13 @@ def test_a_service_is_reached_by_name_from_another_pod_through_kube_proxy(
         "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
         "http.server.HTTPServer(('', 8080), H).serve_forever()\n"
     )
-    server = pod(
+    web = container(
         "web",
-        node_namespace,
-        container(
-            "web",
-            serve,
-            ports=[{"containerPort": 8080}],
-            readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-        ),
+        serve,
+        ports=[{"containerPort": 8080}],
+        readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1},
     )
-    server["metadata"]["labels"] = {"app": "web"}
-    server["spec"]["restartPolicy"] = "Always"
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "web", "namespace": node_namespace},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-    }
-    node.apply([server, service])
+    node.apply(served("web", node_namespace, web, 80, 8080))
     node.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", node_namespace, "--timeout=120s")
     host_name = f"web.{node_namespace}.svc.cluster.local"
     cluster_ip = node.kubectl(
@@ -186,25 +174,14 @@ def test_a_mutating_webhook_served_by_a_pod_is_called_by_the_api_server(
             "tls.key": base64.b64encode(key.read_bytes()).decode(),
         },
     }
-    server = pod(
-        "marker",
-        node_namespace,
-        container(
-            "webhook",
-            WEBHOOK,
-            ports=[{"containerPort": 8443}],
-            volumeMounts=[{"name": "certs", "mountPath": "/certs", "readOnly": True}],
-        ),
-        volumes=[{"name": "certs", "secret": {"secretName": "marker-tls"}}],
+    webhook = container(
+        "webhook",
+        WEBHOOK,
+        ports=[{"containerPort": 8443}],
+        volumeMounts=[{"name": "certs", "mountPath": "/certs", "readOnly": True}],
     )
-    server["metadata"]["labels"] = {"app": "marker"}
-    server["spec"]["restartPolicy"] = "Always"
-    svc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "marker", "namespace": node_namespace},
-        "spec": {"selector": {"app": "marker"}, "ports": [{"port": 443, "targetPort": 8443}]},
-    }
+    backend, service = served("marker", node_namespace, webhook, 443, 8443)
+    backend["spec"]["volumes"] = [{"name": "certs", "secret": {"secretName": "marker-tls"}}]
     ca_bundle = base64.b64encode((node.layout.pki / "ca.crt").read_bytes()).decode()
     hook = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -236,7 +213,7 @@ def test_a_mutating_webhook_served_by_a_pod_is_called_by_the_api_server(
             }
         ],
     }
-    node.apply([secret, server, svc])
+    node.apply([secret, backend, service])
     node.kubectl(
         "wait", "--for=condition=Ready", "pod/marker", "-n", node_namespace, "--timeout=120s"
     )

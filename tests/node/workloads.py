@@ -54,3 +54,19 @@ def wait_pod_phase(node: RunningNode, namespace: str, name: str, phases: set[str
 
     wait_for(f"pod {namespace}/{name} to reach {sorted(phases)}", reached)
     return seen
+
+
+def served(
+    name: str, namespace: str, server: dict[str, Any], port: int, target: int
+) -> list[dict[str, Any]]:
+    """A long-running pod of one container and the Service in front of it."""
+    backend = pod(name, namespace, server)
+    backend["metadata"]["labels"] = {"app": name}
+    backend["spec"]["restartPolicy"] = "Always"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": target}]},
+    }
+    return [backend, service]

@@ -32,18 +32,18 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "/usr/sbin/debootstrap",
     "mount": "/usr/bin/umount",
 }
-# Programs of a node: ours (in the node's bin/) and containerd's shims. A process running one of
-# these after the node stopped is debris.
-NODE_PROGRAMS = (
+# The Kubernetes programs a node runs from its own bin/.
+KUBERNETES_PROGRAMS = (
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
     "kube-proxy",
-    "containerd",
-    "containerd-shim-runc-v2",
 )
+# Programs of a node: ours (in the node's bin/) and containerd's shims. A process running one of
+# these after the node stopped is debris.
+NODE_PROGRAMS = (*KUBERNETES_PROGRAMS, "containerd", "containerd-shim-runc-v2")
 CONTAINERD_STATE = Path("/run/containerd")
 NETNS_DIR = Path("/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -43,17 +43,7 @@ from node.pki import write_node_pki
 
 RECORD = Path("/run/mnist-tuning-node.json")
 SAVED_SYSCTLS = Path("/run/mnist-tuning-node.sysctls")
-PROGRAMS = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubelet",
-    "kube-proxy",
-    "kubectl",
-    "coredns",
-    "pause",
-)
+PROGRAMS = (*host.KUBERNETES_PROGRAMS, "kubectl", "coredns", "pause")
 START_TIMEOUT_S = 180.0
 # The Debian userland the node's own tests run in: python3 serves HTTP, answers webhooks and
 # resolves names through glibc, like the images our product ships.

@@ -12,10 +12,17 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from launcher import certificate, client_cert_credentials, kubeconfig_text, pem_key, x509_name
+from launcher import (
+    certificate,
+    client_cert_credentials,
+    kubeconfig_text,
+    pem_key,
+    write_service_account_key,
+    x509_name,
+)
 
 from node.configs import CLUSTER_DOMAIN, NODE_NAME, Layout
 from node.network import API_SERVICE_IP
@@ -79,15 +86,7 @@ def write_node_pki(layout: Layout, node_ip: str, server: str) -> None:
         credentials = client_cert_credentials(pki / f"{stem}.crt", pki / f"{stem}.key")
         path.write_text(kubeconfig_text(server, pki / "ca.crt", stem, credentials))
         path.chmod(0o600)
-
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "sa.key").write_bytes(pem_key(sa_key))
-    (pki / "sa.key").chmod(0o600)
-    (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    write_service_account_key(pki)
 
 
 def tls_secret_material(layout: Layout, stem: str, dns: list[str]) -> tuple[Path, Path]:
