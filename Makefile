@@ -40,7 +40,7 @@ binaries: ## build (or take from cache) etcd, kube-apiserver, kube-controller-ma
 	tests/harness/build.sh
 
 .PHONY: node-binaries
-node-binaries: ## the above plus kubelet, kube-scheduler, kube-proxy, CoreDNS and pause for the node
+node-binaries: ## the above plus the node (kubelet, kube-scheduler, kube-proxy, CoreDNS, pause) and Katib programs
 	tests/harness/build.sh node
 
 .PHONY: lint
@@ -86,7 +86,7 @@ cluster-down: ## stop the local control plane
 	$(PY) tests/harness/cluster.py down --dir $(CLUSTER_DIR)
 
 .PHONY: katib-cluster
-katib-cluster: $(STAMP) node-binaries ## start a real single-node Kubernetes here in the background (root; .katib-cluster/)
+katib-cluster: $(STAMP) node-binaries ## a real single-node Kubernetes here with Katib v0.19.0 and our CRD, in the background (root)
 	$(NODE) up --dir $(KATIB_CLUSTER_DIR)
 
 .PHONY: katib-cluster-down
