@@ -570,7 +570,9 @@ def test_a_burst_of_experiment_updates_costs_at_most_two_status_writes(
         )
     wait_for(lambda: cluster.status("burst")["trials"]["running"] == 10, "the last update mirrored")
     time.sleep(QUIET_S)
-    assert 1 <= writes.writes() <= 2, [c["object"]["status"]["trials"] for c in writes.changes]
+    trials_written = [c["object"]["status"]["trials"] for c in writes.changes]
+    assert writes.writes() <= 2, trials_written
+    assert writes.writes() >= 1, "the burst changed the status, so it was written"
     assert cluster.status("burst")["phase"] == "Running"
 
 

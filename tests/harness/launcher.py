@@ -237,7 +237,8 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _probe(url: str, context: ssl.SSLContext | None) -> bool:
+def probe(url: str, context: ssl.SSLContext | None) -> bool:
+    """True when GET `url` answers 200; False on any error or other status."""
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return bool(response.status == 200)
@@ -284,7 +285,12 @@ class Server:
 
 
 def kubectl(
-    bin_dir: Path, kubeconfig: Path, *args: str, input_text: str | None = None, check: bool = True
+    bin_dir: Path,
+    kubeconfig: Path,
+    *args: str,
+    input_text: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run kubectl against the control plane; raise with its stderr when `check` and it fails."""
     result = subprocess.run(
@@ -292,7 +298,7 @@ def kubectl(
         input=input_text,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     if check and result.returncode != 0:
@@ -351,7 +357,7 @@ class Supervisor:
             logs,
         )
         self.servers.append(etcd)
-        etcd.wait_until(lambda: _probe(f"{etcd_url}/health", None), "healthy", deadline)
+        etcd.wait_until(lambda: probe(f"{etcd_url}/health", None), "healthy", deadline)
 
         port = free_port()
         self.server_url = f"https://127.0.0.1:{port}"
@@ -393,8 +399,8 @@ class Supervisor:
         tls.load_cert_chain(str(admin_cert), str(admin_key))
         apiserver.wait_until(
             lambda: (
-                _probe(f"{self.server_url}/readyz", tls)
-                and _probe(f"{self.server_url}/api/v1/namespaces/default", tls)
+                probe(f"{self.server_url}/readyz", tls)
+                and probe(f"{self.server_url}/api/v1/namespaces/default", tls)
             ),
             "ready",
             deadline,
@@ -428,7 +434,7 @@ class Supervisor:
         )
         self.servers.append(controller_manager)
         controller_manager.wait_until(
-            lambda: _probe(
+            lambda: probe(
                 f"{self.server_url}/api/v1/namespaces/default/serviceaccounts/default", tls
             ),
             "creating the default ServiceAccount",

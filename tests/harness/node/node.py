@@ -16,12 +16,12 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import launcher
 import yaml
 from launcher import free_port, log_tail
 
@@ -107,13 +107,13 @@ class RunningNode:
         self, *args: str, input_text: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """kubectl as the cluster admin; raise NodeError with stderr when `check` and it fails."""
-        result = subprocess.run(
-            [str(self.layout.bin / "kubectl"), f"--kubeconfig={self.layout.kubeconfig}", *args],
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        result = launcher.kubectl(
+            self.layout.bin,
+            self.layout.kubeconfig,
+            *args,
+            input_text=input_text,
             check=False,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise NodeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
@@ -288,7 +288,7 @@ class Node:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd healthy", lambda: _http_ok(f"{etcd_url}/health"), "etcd")
+        self._wait("etcd healthy", lambda: launcher.probe(f"{etcd_url}/health", None), "etcd")
         self._start(
             "kube-apiserver",
             [
@@ -420,11 +420,6 @@ class Node:
     def leftovers(self) -> host.Leftovers:
         """Every trace of a node on this machine right now."""
         return host.leftovers(self.previous_roots(), self.plan)
-
-
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return bool(response.status == 200)
 
 
 def recorded_root() -> Path | None:
