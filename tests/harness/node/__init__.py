@@ -8,6 +8,8 @@ The one entry point is `python -m node up|down|status` (with tests/harness on th
 - `node.network`: the address plan and the firewall that keeps every packet on this machine.
 - `node.configs`: containerd, kubelet, kube-proxy, CNI and CoreDNS settings, as pure functions.
 - `node.images`: OCI images without a daemon or a registry, imported into containerd.
+- `node.builds`: our two images from our Dockerfiles, built offline with buildah, cached as
+  OCI archives by a hash of their inputs.
 - `node.pki`: the run's certificates and kubeconfigs.
 - `coredns/`, `pause/`: Go programs the node runs in pods, built by `build.sh node`.
 """

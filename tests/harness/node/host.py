@@ -30,6 +30,8 @@ PACKAGES: dict[str, str] = {
     "conntrack": "/usr/sbin/conntrack",
     "iproute2": "/usr/sbin/ip",
     "debootstrap": "/usr/sbin/debootstrap",
+    # Builds our Dockerfiles without a daemon (node.builds).
+    "buildah": "/usr/bin/buildah",
     "mount": "/usr/bin/umount",
 }
 # The Kubernetes programs a node runs from its own bin/.

@@ -131,7 +131,12 @@ def write_oci_archive(layers: Sequence[Path], name: str, config: ImageConfig, ou
             "os": "linux",
             "config": config.as_oci(),
             "rootfs": {"type": "layers", "diff_ids": [digest for digest, _ in digests]},
-            "history": [{"created": EPOCH, "created_by": f"mnist-tuning node images: {name}"}],
+            # One entry per layer: buildah (containers/image) refuses a config whose history
+            # counts fewer non-empty layers than the rootfs has.
+            "history": [
+                {"created": EPOCH, "created_by": f"mnist-tuning node images: {name}"}
+                for _ in layers
+            ],
         }
     )
     config_digest, config_size = _digest(image_config)
