@@ -183,13 +183,36 @@ def base_key() -> str:
     return _short_hash([PYTHON_BASE, BASE_USERLAND.key(), BASE_VENV, BASE_CONFIG.as_oci()])
 
 
+def copied_sources(dockerfile: str) -> list[str]:
+    """The context paths a Dockerfile's COPY/ADD instructions read (not `--from` stage copies)."""
+    sources: list[str] = []
+    for line in dockerfile.replace("\\\n", " ").splitlines():
+        words = line.split()
+        if not words or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        if any(word.startswith("--from") for word in words[1:]):
+            continue
+        paths = [word for word in words[1:] if not word.startswith("--")]
+        sources += [path.removeprefix("./").rstrip("/") for path in paths[:-1]]
+    return sources
+
+
+def _read_by(name: str, sources: Sequence[str]) -> bool:
+    return any(source in (".", name) or name.startswith(source + "/") for source in sources)
+
+
 def image_key(build: ImageBuild, repo_root: Path) -> str:
-    """Hash of every input of a build: Dockerfile, context files, base, build arguments."""
+    """Hash of every input of a build: Dockerfile, the context files it copies, base, arguments.
+
+    Only what the Dockerfile copies counts, so an operator change does not rebuild the trainer.
+    """
+    dockerfile = (repo_root / build.dockerfile).read_text()
+    sources = copied_sources(dockerfile)
     context = [
         (name, _file_digest(repo_root / name), os.access(repo_root / name, os.X_OK))
         for name in context_files(repo_root)
+        if _read_by(name, sources)
     ]
-    dockerfile = (repo_root / build.dockerfile).read_text()
     return _short_hash([dockerfile, context, base_key(), sorted(build.build_args.items())])
 
 
