@@ -262,13 +262,23 @@ def kill_processes(state_dirs: Iterable[Path], grace_s: float = 3.0) -> None:
             time.sleep(0.1)
 
 
+def _cgroup_tree(hierarchy: str) -> list[Path]:
+    """A cgroup and every cgroup below it, deepest first.
+
+    os.walk skips directories that vanish while it reads (the kubelet may still be removing
+    pod cgroups), where Path.rglob raises FileNotFoundError.
+    """
+    return [Path(top) for top, _, _ in os.walk(hierarchy, topdown=False)]
+
+
 def _kill_cgroup_members() -> None:
     """SIGKILL every process left in a kubepods cgroup: containers whose shim is gone."""
     for hierarchy in node_cgroups():
-        for procs in Path(hierarchy).rglob("cgroup.procs"):
-            for pid in procs.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+        for cgroup in _cgroup_tree(hierarchy):
+            with contextlib.suppress(FileNotFoundError):
+                for pid in (cgroup / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
 
 
 def _remove_cgroups() -> None:
@@ -276,12 +286,9 @@ def _remove_cgroups() -> None:
     deadline = time.monotonic() + 10
     while node_cgroups() and time.monotonic() < deadline:
         for hierarchy in node_cgroups():
-            for directory in sorted(Path(hierarchy).rglob("*"), key=lambda p: -len(p.parts)):
-                if directory.is_dir():
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
-            with contextlib.suppress(OSError):
-                Path(hierarchy).rmdir()
+            for directory in _cgroup_tree(hierarchy):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
         time.sleep(0.1)
 
 
