@@ -6,11 +6,13 @@ reach; its pin is checked as text and its rendering is left to the e2e tier.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from launcher import REPO_ROOT, ControlPlane
+from node.product import OPERATOR_DEPLOYMENT, TRIAL_IMAGE_ENV, write_overlay
 
 DEPLOY = REPO_ROOT / "deploy"
 KATIB_BASE = "github.com/kubeflow/katib.git/manifests/v1beta1/installs/katib-standalone?ref=v0.19.0"
@@ -105,3 +107,27 @@ def test_operator_image_has_no_pytorch_and_runs_as_non_root() -> None:
     assert "torch" not in dockerfile
     final_stage = dockerfile.rsplit("FROM ", 1)[1]
     assert "USER 65532:65532" in final_stage
+
+
+def test_the_local_images_overlay_changes_only_the_two_image_names(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    overlay = write_overlay(REPO_ROOT, tmp_path, "localhost/op:abc123", "localhost/trainer:def456")
+    upstream = {(d["kind"], d["metadata"]["name"]): d for d in render(control_plane, "default")}
+    out = control_plane.run_kubectl("kustomize", str(overlay)).stdout
+    ours = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    key = ("Deployment", OPERATOR_DEPLOYMENT)
+    assert set(ours) == set(upstream)
+    assert {k for k in ours if ours[k] != upstream[k]} == {key}
+    [container] = ours[key]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "localhost/op:abc123"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[TRIAL_IMAGE_ENV] == "localhost/trainer:def456"
+    [before] = upstream[key]["spec"]["template"]["spec"]["containers"]
+    before_env = {e["name"]: e.get("value") for e in before["env"]}
+    assert {k: v for k, v in env.items() if k != TRIAL_IMAGE_ENV} == {
+        k: v for k, v in before_env.items() if k != TRIAL_IMAGE_ENV
+    }
+    assert {k: v for k, v in container.items() if k not in ("image", "env")} == {
+        k: v for k, v in before.items() if k not in ("image", "env")
+    }

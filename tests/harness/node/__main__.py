@@ -1,6 +1,7 @@
 """`python -m node up|down|status --dir DIR`: the single-node cluster from the command line.
 
-`up` brings the node up, installs real Katib v0.19.0 on it and our MnistTuning CRD.
+`up` brings the node up, installs real Katib v0.19.0 on it, builds our two images from our
+Dockerfiles and deploys the CRD and the operator with them (deploy/default).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from launcher import REPO_ROOT
 
-from node import katib
+from node import katib, product
 from node.host import HostError
 from node.node import Node, NodeError, read_running
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".katib-cluster")
     parser.add_argument("--bin-dir", type=Path, default=REPO_ROOT / ".cluster" / "bin")
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
@@ -35,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         running = node.up()
         katib.install(running, args.bin_dir, katib.manifests_dir(args.bin_dir))
-        running.kubectl(
-            "apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "mnisttuning.yaml")
-        )
+        trainer = product.install(running, REPO_ROOT, args.data_dir)
+        # `kubectl apply -f deploy/samples/quick.yaml` lands in `default`: enable it for Katib.
+        running.kubectl("label", "namespace", "default", f"{katib.INJECTION_LABEL}=enabled")
     except (NodeError, HostError) as error:
         print(f"katib-cluster {args.command}: {error}", file=sys.stderr)
         return 1
@@ -45,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "node Ready, DNS answering: " + ", ".join(f"{k} {v}s" for k, v in running.timings.items())
     )
-    print(
-        f"Katib {katib.VERSION} Available in namespace {katib.NAMESPACE}; MnistTuning CRD installed"
-    )
+    print(f"Katib {katib.VERSION} Available in namespace {katib.NAMESPACE}")
+    print(f"the operator runs in {product.OPERATOR_NAMESPACE}; trials use {trainer}")
     print(f"  export KUBECONFIG={layout.kubeconfig}")
     print(f"  {layout.bin / 'kubectl'} get nodes,pods -A")
+    print(f"  {layout.bin / 'kubectl'} apply -f deploy/samples/quick.yaml")
     print(f"  logs: {layout.logs}; stop with `make katib-cluster-down`")
     return 0
 
