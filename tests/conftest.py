@@ -1,14 +1,18 @@
 """Shared fixtures: the MNIST digits, a real control plane per session, a namespace per test,
-a Katib stand-in.
+a Katib stand-in; one real single-node Kubernetes per session and real Katib on it, for the
+node and e2e tiers.
 
 The control plane is etcd + kube-apiserver + kube-controller-manager built by `make binaries`
 (tests/harness/build.sh) and started by tests/harness/launcher.py in a temporary directory, so
-it never touches a developer's `make cluster` in .cluster/. Harness modules are importable from
-tests as `launcher` and `katib_standin`.
+it never touches a developer's `make cluster` in .cluster/. The node (tests/harness/node) also
+runs from a temporary directory; since only one node fits on a machine, a running
+`make katib-cluster` is reported instead of being torn down. Harness modules are importable
+from tests as `launcher`, `katib_standin` and `node`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -24,6 +28,9 @@ from cluster import default_crds
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from launcher import ControlPlane
 from mnist_trainer.prepare import prepare
+from node.katib import install as install_katib
+from node.katib import manifests_dir
+from node.node import Node, RunningNode, read_running, recorded_root
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +81,40 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
 def katib(control_plane: ControlPlane) -> KatibStandIn:
     """Plays Katib's experiment controller by writing Experiment status in Katib's shapes."""
     return KatibStandIn(control_plane.bin_dir, control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def ip_forward_before() -> str:
+    """The machine's IPv4 forwarding switch before any node of this session started."""
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def node_harness(
+    tmp_path_factory: pytest.TempPathFactory, ip_forward_before: str
+) -> Iterator[Node]:
+    """The node's lifecycle object; the node is down again when the session ends."""
+    if os.geteuid() != 0:
+        pytest.skip("the node tier needs root (containerd, kubelet, iptables)")
+    recorded = recorded_root()
+    if recorded is not None and read_running(recorded) is not None:
+        pytest.fail(
+            f"a node already runs from {recorded}; stop it with `make katib-cluster-down`",
+            pytrace=False,
+        )
+    harness = Node(tmp_path_factory.mktemp("node"), launcher.DEFAULT_BIN_DIR)
+    yield harness
+    harness.down()
+
+
+@pytest.fixture(scope="session")
+def node(node_harness: Node) -> RunningNode:
+    """A running node: Ready, CoreDNS answering, the test image imported."""
+    return node_harness.up()
+
+
+@pytest.fixture(scope="session")
+def katib_node(node: RunningNode) -> RunningNode:
+    """The node with real Katib v0.19.0 installed and every Deployment of it Available."""
+    install_katib(node, launcher.DEFAULT_BIN_DIR, manifests_dir(launcher.DEFAULT_BIN_DIR))
+    return node

@@ -138,8 +138,19 @@ def operator_image_of(rendered: str) -> str:
     raise LookupError(f"no Deployment {OPERATOR_DEPLOYMENT} in the rendering")
 
 
-def small_tuning(name: str, namespace: str, trainer_image: str) -> dict[str, Any]:
-    """Two one-epoch trials: enough to prove the story, small enough for a hosted runner."""
+def small_tuning(
+    name: str, namespace: str, trainer_image: str | None = None, **budget: int
+) -> dict[str, Any]:
+    """Two one-epoch trials (or the `budget` given): the story, small enough for a hosted runner.
+
+    Without `trainer_image` the trials run the operator's default trial image.
+    """
+    trial: dict[str, Any] = {
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        "timeoutSeconds": 1200,
+    }
+    if trainer_image is not None:
+        trial["image"] = trainer_image
     return {
         "apiVersion": "tuning.mnist.dev/v1alpha1",
         "kind": "MnistTuning",
@@ -147,17 +158,13 @@ def small_tuning(name: str, namespace: str, trainer_image: str) -> dict[str, Any
         "spec": {
             "objective": {"metric": "accuracy"},
             "algorithm": {"name": "random", "seed": 7},
-            "budget": {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 1},
+            "budget": {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 1, **budget},
             "search": {
                 "learningRate": {"min": 0.01, "max": 0.1, "scale": "log"},
                 "momentum": {"min": 0.5, "max": 0.9},
             },
             "fixed": {"epochs": 1, "batchSize": 128},
-            "trial": {
-                "image": trainer_image,
-                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
-                "timeoutSeconds": 1200,
-            },
+            "trial": trial,
         },
     }
 

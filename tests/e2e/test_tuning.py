@@ -1,46 +1,117 @@
-"""The whole story on a real cluster: kind, Katib v0.19.0, both images, the operator, a tuning.
+"""The whole story against real Katib v0.19.0: apply a MnistTuning, Katib runs our trainer image,
+the best hyperparameters land in the status.
 
-Runs in .github/workflows/e2e.yaml on a hosted runner; without a Docker engine the session's
-`kind_cluster` fixture skips every test here with the reason.
+Every trial is our PyTorch trainer on the real MNIST digits, in the trainer image built from
+Dockerfile.trainer in this run; the operator is the image built from Dockerfile.operator,
+applied from deploy/default. The cluster is kind (with Docker) or our single node (see
+conftest.py). Each scenario has a namespace of its own.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from kindcluster import (
-    KATIB_INJECTION_LABEL,
-    KATIB_NAMESPACE,
-    OPERATOR_DEPLOYMENT,
-    REPO_ROOT,
-    operator_image_of,
-    small_tuning,
-    table_row,
-)
-from pytest_kind import KindCluster
+from kindcluster import KATIB_INJECTION_LABEL, small_tuning, table_row
+from mnist_tuning.api.expand import PRIMARY_CONTAINER
+from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
+from providers import E2ECluster, PodWatch, containers_of, wait_until, watching_pods
 
-NAMESPACE = "mnist-e2e"
-TUNING = "e2e"
-TRAINER_IMAGE = "mnist-trainer:e2e"
-OPERATOR_NAMESPACE = "mnist-tuning-system"
-# A hosted runner trains two one-epoch trials side by side in a few minutes; Katib's images and
-# MySQL take a few more to come up.
-TUNING_DEADLINE_S = 30 * 60
+TRIAL_LABEL = "katib.kubeflow.org/trial"
+SIDECAR = "metrics-logger-and-collector"
+OPERATOR_SELECTOR = f"app.kubernetes.io/name={OPERATOR_DEPLOYMENT}"
+# Two one-epoch trials side by side on two cores, plus Katib's per-trial start-up.
+TUNING_DEADLINE_S = 20 * 60
+STEP_DEADLINE_S = 5 * 60
+# The first test also waits for the session's cluster: a cold build of both images included.
+pytestmark = pytest.mark.timeout(60 * 60)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(5)
+def new_namespace(cluster: E2ECluster, made: list[str], stem: str, *, labelled: bool = True) -> str:
+    """A fresh namespace, enabled for Katib's injection unless told otherwise."""
+    name = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+    labels = {KATIB_INJECTION_LABEL: "enabled"} if labelled else {}
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
+    made.append(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def namespaces(e2e_cluster: E2ECluster) -> Iterator[list[str]]:
+    """The namespaces this module made (appended by the scenarios); deleted at its end."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        e2e_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def applied(cluster: E2ECluster, made: list[str], name: str, **budget: int) -> str:
+    """A small tuning `name` applied in a fresh labelled namespace of its own; the namespace."""
+    namespace = new_namespace(cluster, made, name)
+    cluster.apply(small_tuning(name, namespace, **budget))
+    return namespace
+
+
+def status(cluster: E2ECluster, name: str, namespace: str) -> dict[str, Any]:
+    return dict(cluster.get("mnisttuning", name, namespace).get("status") or {})
+
+
+def wait_for_end(cluster: E2ECluster, name: str, namespace: str) -> dict[str, Any]:
+    """Follow the tuning until it is Succeeded or Failed; its final object."""
+
+    def ended() -> bool:
+        return status(cluster, name, namespace).get("phase") in ("Succeeded", "Failed")
+
+    try:
+        wait_until(f"MnistTuning {namespace}/{name} to end", ended, TUNING_DEADLINE_S)
+    finally:
+        print(cluster.kubectl("get", "mnisttunings,experiments,trials,pods", "-n", namespace))
+        print(
+            cluster.kubectl(
+                "logs", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,
+                "--tail=30", check=False,
+            )
+        )  # fmt: skip
+    return cluster.get("mnisttuning", name, namespace)
+
+
+def experiment_of(cluster: E2ECluster, tuning: dict[str, Any]) -> dict[str, Any]:
+    return cluster.get(
+        "experiment", tuning["status"]["experiment"], tuning["metadata"]["namespace"]
+    )
+
+
+def the_experiment(cluster: E2ECluster, namespace: str) -> dict[str, Any]:
+    """The one Experiment in the namespace (fails when there are none or several)."""
+    [experiment] = cluster.items("experiments", namespace)
+    return experiment
+
+
+def counts(tuning: dict[str, Any]) -> dict[str, int]:
+    return dict(tuning["status"].get("trials") or {})
+
+
+def katib_counts(experiment: dict[str, Any]) -> dict[str, int]:
+    """Katib's own counters, under our status's names."""
+    katib = experiment["status"]
+    return {
+        "succeeded": katib.get("trialsSucceeded", 0),
+        "failed": katib.get("trialsFailed", 0),
+        "metricsUnavailable": katib.get("trialMetricsUnavailable", 0),
+    }
+
+
+def best_from_katib(experiment: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    optimal = experiment["status"]["currentOptimalTrial"]
+    assignments = {p["name"]: float(p["value"]) for p in optimal["parameterAssignments"]}
+    return optimal["bestTrialName"], assignments
 
 
 def as_number(cell: str) -> float | None:
@@ -50,107 +121,236 @@ def as_number(cell: str) -> float | None:
         return None
 
 
-def docker(*args: str) -> None:
-    subprocess.run(["docker", *args], cwd=REPO_ROOT, check=True)
+# ---------------------------------------------------------------------------------------------
+# 1. A two-trial tuning, from apply to delete
 
 
 @pytest.fixture(scope="module")
-def cluster(kind_cluster: KindCluster) -> KindCluster:
-    """Katib installed and ready, both images loaded, the operator deployed and rolled out."""
-    kind_cluster.kubectl("apply", "--server-side", "-k", str(REPO_ROOT / "deploy" / "katib"))
-    kind_cluster.kubectl(
-        "wait", "deployment", "--all", "-n", KATIB_NAMESPACE,
-        "--for=condition=Available", "--timeout=900s",
-    )  # fmt: skip
-    namespace = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": NAMESPACE, "labels": {KATIB_INJECTION_LABEL: "enabled"}},
-    }
-    kind_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(namespace))
-
-    default = str(REPO_ROOT / "deploy" / "default")
-    operator_image = operator_image_of(kind_cluster.kubectl("kustomize", default))
-    images = {"Dockerfile.operator": operator_image, "Dockerfile.trainer": TRAINER_IMAGE}
-    for dockerfile, image in images.items():
-        docker("build", "--platform", "linux/amd64", "-f", dockerfile, "-t", image, ".")
-        kind_cluster.load_docker_image(image)
-
-    kind_cluster.kubectl("apply", "--server-side", "-k", default)
-    kind_cluster.kubectl(
-        "rollout", "status", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,
-        "--timeout=300s",
-    )  # fmt: skip
-    return kind_cluster
+def story(
+    e2e_cluster: E2ECluster, namespaces: list[str]
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], PodWatch]]:
+    """The tuning applied and followed to its end, with every trial pod the watch saw."""
+    namespace = new_namespace(e2e_cluster, namespaces, "story")
+    with watching_pods(e2e_cluster, namespace, TRIAL_LABEL) as pods:
+        e2e_cluster.apply(small_tuning("story", namespace))
+        final = wait_for_end(e2e_cluster, "story", namespace)
+        yield final, experiment_of(e2e_cluster, final), pods
 
 
-def get_json(cluster: KindCluster, *args: str) -> dict[str, Any]:
-    return dict(json.loads(cluster.kubectl("get", *args, "-n", NAMESPACE, "-o", "json")))
-
-
-def names(cluster: KindCluster, kind: str, *selector: str) -> list[str]:
-    out = cluster.kubectl("get", kind, *selector, "-n", NAMESPACE, "-o", "name")
-    return out.split()
-
-
-@pytest.fixture(scope="module")
-def finished(cluster: KindCluster) -> dict[str, Any]:
-    """The small tuning, applied and followed until it ends; its final object."""
-    cluster.kubectl(
-        "apply", "-f", "-", input=yaml.safe_dump(small_tuning(TUNING, NAMESPACE, TRAINER_IMAGE))
-    )
-
-    def ended() -> bool:
-        phase = get_json(cluster, "mnisttuning", TUNING).get("status", {}).get("phase")
-        return phase in ("Succeeded", "Failed")
-
-    try:
-        wait_until(ended, f"MnistTuning {TUNING} to finish", TUNING_DEADLINE_S)
-    finally:
-        print(cluster.kubectl("get", "mnisttunings,experiments,trials,pods", "-n", NAMESPACE))
-        operator = f"deployment/{OPERATOR_DEPLOYMENT}"
-        print(cluster.kubectl("logs", operator, "-n", OPERATOR_NAMESPACE, "--tail=50"))
-    return get_json(cluster, "mnisttuning", TUNING)
-
-
-def test_the_tuning_succeeds_with_numeric_best_hyperparameters_in_range(
-    finished: dict[str, Any],
+def test_the_tuning_succeeds_with_best_hyperparameters_inside_the_searched_ranges(
+    story: tuple[dict[str, Any], dict[str, Any], PodWatch],
 ) -> None:
-    status = finished["status"]
-    assert status["phase"] == "Succeeded", yaml.safe_dump(status)
-    assert status["observedGeneration"] == finished["metadata"]["generation"]
-    best = status["best"]["hyperparameters"]
-    search = finished["spec"]["search"]
+    final, experiment, _ = story
+    got = final["status"]
+    assert got["phase"] == "Succeeded", yaml.safe_dump(got)
+    assert got["observedGeneration"] == final["metadata"]["generation"]
+    best = got["best"]["hyperparameters"]
+    search = final["spec"]["search"]
     for name in ("learningRate", "momentum"):
         assert isinstance(best[name], float), f"{name} is {best[name]!r}, not a number"
         assert search[name]["min"] <= best[name] <= search[name]["max"]
-    assert 0.0 <= status["best"]["accuracy"] <= 1.0
+    assert 0.5 < got["best"]["accuracy"] <= 1.0, "one epoch of real training learns the digits"
+    assert counts(final)["succeeded"] == 2
+    assert best_from_katib(experiment) == (got["best"]["trial"], best)
 
 
-def test_kubectl_get_shows_the_best_hyperparameters(
-    cluster: KindCluster, finished: dict[str, Any]
+def test_kubectl_get_shows_phase_best_accuracy_and_learning_rate(
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
 ) -> None:
-    row = table_row(cluster.kubectl("get", "mnisttunings", "-n", NAMESPACE), TUNING)
+    final, _, _ = story
+    table = e2e_cluster.kubectl("get", "mnisttunings", "-n", final["metadata"]["namespace"])
+    row = table_row(table, "story")
     assert row["PHASE"] == "Succeeded"
-    best = finished["status"]["best"]
+    best = final["status"]["best"]
     printed = [number for cell in row.values() if (number := as_number(cell)) is not None]
     for value in (best["hyperparameters"]["learningRate"], best["accuracy"]):
-        assert any(math.isclose(value, shown, rel_tol=1e-6) for shown in printed), (value, row)
+        assert any(math.isclose(value, shown, rel_tol=1e-3) for shown in printed), (value, row)
 
 
-def test_deleting_the_tuning_removes_its_experiment_and_trials(
-    cluster: KindCluster, finished: dict[str, Any]
+def test_katibs_trials_carry_the_observations_the_best_is_chosen_from(
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
 ) -> None:
-    experiment = finished["status"]["experiment"]
-    selector = f"-l=katib.kubeflow.org/experiment={experiment}"
-    assert names(cluster, "experiments", f"--field-selector=metadata.name={experiment}")
-    assert names(cluster, "trials", selector)
+    final, _, _ = story
+    trials = e2e_cluster.items("trials", final["metadata"]["namespace"])
+    assert len(trials) == 2
+    accuracies = {}
+    for trial in trials:
+        metrics = {m["name"]: m for m in trial["status"]["observation"]["metrics"]}
+        assert set(metrics) >= {"accuracy", "loss"}, metrics
+        accuracies[trial["metadata"]["name"]] = float(metrics["accuracy"]["latest"])
+    best = final["status"]["best"]
+    assert max(accuracies, key=accuracies.__getitem__) == best["trial"]
+    assert best["accuracy"] == pytest.approx(accuracies[best["trial"]])
 
-    cluster.kubectl("delete", "mnisttuning", TUNING, "-n", NAMESPACE, "--timeout=120s")
+
+def test_every_trial_pod_had_katibs_injected_metrics_collector(
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+) -> None:
+    final, _, pods = story
+    trials = {
+        t["metadata"]["name"] for t in e2e_cluster.items("trials", final["metadata"]["namespace"])
+    }
+    seen = pods.pods().values()
+    assert {pod["metadata"]["labels"][TRIAL_LABEL] for pod in seen} == trials
+    for pod in seen:
+        assert containers_of(pod) == [PRIMARY_CONTAINER, SIDECAR]
+
+
+def test_deleting_the_tuning_removes_its_experiment_trials_and_pods(
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+) -> None:
+    final, experiment, _ = story
+    namespace = final["metadata"]["namespace"]
+    assert e2e_cluster.items("trials", namespace)
+
+    e2e_cluster.kubectl("delete", "mnisttuning", "story", "-n", namespace, "--timeout=120s")
 
     def gone() -> bool:
-        return not names(cluster, "trials", selector) and not names(
-            cluster, "experiments", f"--field-selector=metadata.name={experiment}"
+        return not any(
+            e2e_cluster.items(kind, namespace) for kind in ("experiments", "trials", "pods")
         )
 
-    wait_until(gone, f"Experiment {experiment} and its trials to be deleted", 300)
+    wait_until(f"Experiment {experiment['metadata']['name']}, its trials and pods to go", gone, 300)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Diverging trials and maxFailedTrials
+
+
+def test_diverging_trials_are_counted_as_katib_counts_them_and_fail_the_tuning(
+    e2e_cluster: E2ECluster, namespaces: list[str]
+) -> None:
+    namespace = new_namespace(e2e_cluster, namespaces, "diverge")
+    manifest = small_tuning("diverge", namespace, maxTrials=3, parallelTrials=1, maxFailedTrials=1)
+    # lr 10 with weight decay 1 scales every weight by 1 - 10 * 1 = -9 per plain SGD step: the
+    # loss is NaN within a few steps and the trainer exits 3. (A huge learning rate alone is not
+    # enough: the loss explodes but stays finite, and the trial "succeeds" at chance accuracy.)
+    manifest["spec"]["search"] = {"learningRate": {"values": [10.0]}}
+    manifest["spec"]["fixed"] = {
+        "epochs": 1, "batchSize": 64, "momentum": 0.0, "weightDecay": 1.0, "optimizer": "sgd",
+    }  # fmt: skip
+    e2e_cluster.apply(manifest)
+
+    final = wait_for_end(e2e_cluster, "diverge", namespace)
+
+    got = final["status"]
+    assert got["phase"] == "Failed", yaml.safe_dump(got)
+    experiment = experiment_of(e2e_cluster, final)
+    katib = katib_counts(experiment)
+    assert katib["failed"] + katib["metricsUnavailable"] >= 1
+    assert {k: counts(final).get(k, 0) for k in katib} == katib
+    assert "best" not in got or got["best"] is None
+    [failed] = [c for c in got["conditions"] if c["type"] == "Failed"]
+    assert failed["status"] == "True"
+    assert "max failed count" in failed["message"], failed
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The operator's pod deleted mid-run
+
+
+def test_a_deleted_operator_pod_comes_back_and_finishes_the_same_experiment(
+    e2e_cluster: E2ECluster, namespaces: list[str]
+) -> None:
+    namespace = applied(e2e_cluster, namespaces, "restart", maxTrials=3, parallelTrials=1)
+    wait_until(
+        "the first trial to run",
+        lambda: (
+            (status(e2e_cluster, "restart", namespace).get("trials") or {}).get("running", 0) >= 1
+        ),
+        STEP_DEADLINE_S,
+    )
+    experiment_uid = the_experiment(e2e_cluster, namespace)["metadata"]["uid"]
+    [before] = e2e_cluster.items("pods", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR)
+
+    e2e_cluster.kubectl("delete", "pod", before["metadata"]["name"], "-n", OPERATOR_NAMESPACE)
+
+    e2e_cluster.kubectl(
+        "rollout", "status", f"deployment/{OPERATOR_DEPLOYMENT}", "-n", OPERATOR_NAMESPACE,
+        "--timeout=300s",
+    )  # fmt: skip
+    [after] = e2e_cluster.items("pods", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR)
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    final = wait_for_end(e2e_cluster, "restart", namespace)
+    experiment = the_experiment(e2e_cluster, namespace)
+    assert experiment["metadata"]["uid"] == experiment_uid, "no second Experiment"
+    got = final["status"]
+    assert got["phase"] == "Succeeded", yaml.safe_dump(got)
+    assert {k: counts(final).get(k, 0) for k in katib_counts(experiment)} == katib_counts(
+        experiment
+    )
+    assert counts(final)["succeeded"] == 3
+    assert best_from_katib(experiment) == (got["best"]["trial"], got["best"]["hyperparameters"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The Experiment deleted behind our back, then a raised maxTrials
+
+
+def test_a_deleted_experiment_is_recreated_and_a_raised_max_trials_runs_more_trials(
+    e2e_cluster: E2ECluster, namespaces: list[str]
+) -> None:
+    namespace = applied(e2e_cluster, namespaces, "recreate", maxTrials=1, parallelTrials=1)
+    wait_until(
+        "the Experiment", lambda: bool(e2e_cluster.items("experiments", namespace)), STEP_DEADLINE_S
+    )
+    first = the_experiment(e2e_cluster, namespace)["metadata"]
+
+    e2e_cluster.kubectl("delete", "experiment", first["name"], "-n", namespace, "--timeout=120s")
+
+    def recreated() -> bool:
+        again = e2e_cluster.items("experiments", namespace)
+        return bool(again) and again[0]["metadata"]["uid"] != first["uid"]
+
+    wait_until("the Experiment to be recreated", recreated, STEP_DEADLINE_S)
+    assert the_experiment(e2e_cluster, namespace)["metadata"]["name"] == first["name"]
+
+    e2e_cluster.kubectl(
+        "patch", "mnisttuning", "recreate", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"budget": {"maxTrials": 2}}}),
+    )  # fmt: skip
+
+    final = wait_for_end(e2e_cluster, "recreate", namespace)
+    experiment = the_experiment(e2e_cluster, namespace)
+    assert experiment["spec"]["maxTrialCount"] == 2
+    assert final["status"]["phase"] == "Succeeded", yaml.safe_dump(final["status"])
+    assert final["status"]["observedGeneration"] == final["metadata"]["generation"]
+    assert experiment["status"]["trialsSucceeded"] == counts(final)["succeeded"] == 2
+    assert len(e2e_cluster.items("trials", namespace)) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A namespace without Katib's label
+
+
+def test_an_unlabelled_namespace_gets_the_condition_and_proceeds_once_labelled(
+    e2e_cluster: E2ECluster, namespaces: list[str]
+) -> None:
+    namespace = new_namespace(e2e_cluster, namespaces, "nolabel", labelled=False)
+    e2e_cluster.apply(small_tuning("nolabel", namespace, maxTrials=1, parallelTrials=1))
+
+    def condition() -> dict[str, Any] | None:
+        found = status(e2e_cluster, "nolabel", namespace).get("conditions") or []
+        return next((c for c in found if c["type"] == "NamespaceEnabled"), None)
+
+    wait_until("the NamespaceEnabled condition", lambda: condition() is not None, STEP_DEADLINE_S)
+    refused = condition()
+    assert refused is not None
+    assert refused["status"] == "False"
+    assert refused["reason"] == "NamespaceNotEnabled"
+    assert (
+        f"kubectl label namespace {namespace} {KATIB_INJECTION_LABEL}=enabled"
+        in (refused["message"])
+    )
+    assert e2e_cluster.items("experiments", namespace) == []
+
+    with watching_pods(e2e_cluster, namespace, TRIAL_LABEL) as pods:
+        e2e_cluster.kubectl("label", "namespace", namespace, f"{KATIB_INJECTION_LABEL}=enabled")
+        final = wait_for_end(e2e_cluster, "nolabel", namespace)
+
+    assert final["status"]["phase"] == "Succeeded", yaml.safe_dump(final["status"])
+    labelled = condition()
+    assert labelled is not None
+    assert labelled["status"] == "True"
+    [pod] = pods.pods().values()
+    assert containers_of(pod) == [PRIMARY_CONTAINER, SIDECAR]

@@ -1,0 +1,130 @@
+"""The e2e tier's cluster, whoever provides it: kind where a Docker engine answers, our node here.
+
+Both providers leave the same thing behind: real Katib v0.19.0, our two images built from our
+Dockerfiles, and the operator applied from deploy/default with its default trial image set to
+the trainer image built in the same run. The tests talk to it only through `E2ECluster`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import launcher
+import yaml
+
+KUBECTL_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class E2ECluster:
+    """How the tests reach the cluster: the folder of a `kubectl` binary and a kubeconfig."""
+
+    provider: str
+    bin_dir: Path
+    kubeconfig: Path
+
+    def argv(self, *args: str) -> list[str]:
+        """kubectl's full command line for `args`."""
+        return [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
+        """Run kubectl; its stdout (launcher.kubectl raises with stderr when `check` fails)."""
+        return launcher.kubectl(
+            self.bin_dir,
+            self.kubeconfig,
+            *args,
+            input_text=input_text,
+            check=check,
+            timeout=KUBECTL_TIMEOUT_S,
+        ).stdout
+
+    def apply(self, *documents: dict[str, Any]) -> None:
+        """`kubectl apply` manifests given as dicts."""
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        """One object as a dict."""
+        return dict(json.loads(self.kubectl("get", kind, name, "-n", namespace, "-o", "json")))
+
+    def items(self, kind: str, namespace: str, *selector: str) -> list[dict[str, Any]]:
+        """Every object of a kind in the namespace (optionally `-l ...` selected)."""
+        listing = self.kubectl("get", kind, *selector, "-n", namespace, "-o", "json")
+        return list(json.loads(listing)["items"])
+
+
+@dataclass
+class PodWatch:
+    """Every version of every pod a `kubectl get --watch` saw, from before the test acted.
+
+    Katib deletes a trial's Job (and its pods) when the trial ends, so what a pod looked like
+    is read from the watch's history, not from a `get` racing the deletion.
+    """
+
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def feed(self, stream: Iterator[str]) -> None:
+        """Read the watch's JSON documents (one after another, any layout) as they come."""
+        decoder, buffer = json.JSONDecoder(), ""
+        for chunk in stream:
+            buffer += chunk
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except json.JSONDecodeError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                pod = event["object"]
+                with self.lock:
+                    self.events += 1
+                    self.seen[pod["metadata"]["name"]] = pod
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        """The latest version of each pod seen, by name."""
+        with self.lock:
+            return dict(self.seen)
+
+
+@contextmanager
+def watching_pods(cluster: E2ECluster, namespace: str, selector: str) -> Iterator[PodWatch]:
+    """A PodWatch over `selector` in `namespace` for the duration of the block."""
+    argv = cluster.argv(
+        "get", "pods", "-n", namespace, "-l", selector, "--watch", "--output-watch-events",
+        "-o", "json",
+    )  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+    assert process.stdout is not None
+    watch = PodWatch()
+    reader = threading.Thread(target=watch.feed, args=(iter(process.stdout),), daemon=True)
+    reader.start()
+    try:
+        yield watch
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        reader.join(timeout=10)
+
+
+def wait_until(
+    what: str, condition: Callable[[], bool], timeout: float, every: float = 2.0
+) -> None:
+    """Poll `condition` until it holds; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def containers_of(pod: dict[str, Any]) -> Sequence[str]:
+    """The names of a pod's containers, in order."""
+    return [c["name"] for c in pod["spec"]["containers"]]
