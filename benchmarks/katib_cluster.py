@@ -1,0 +1,182 @@
+"""A 4-trial tuning on real Katib on this machine, against the same file run locally.
+
+Applies deploy/samples/quick.yaml (4 one-epoch trials, 2 at a time) to a single-node cluster
+with Katib v0.19.0, our two images and the operator (the node `make katib-cluster` runs, or one
+started here in a temporary directory and stopped at the end) and prints:
+
+- the time from `kubectl apply` to the first trial pod running;
+- per trial, the Trial's wall time (Katib's start to completion) against the trainer
+  container's own run time: the difference is what Katib adds per trial (Job, pod, sidecar,
+  metrics collection, database);
+- the whole tuning's wall time against `mnist-tuning run -f` of the same file, run right after
+  in this process tree on the same data (the baseline), as a ratio.
+
+    sudo .venv/bin/python benchmarks/katib_cluster.py [--dir .katib-cluster] [--data-dir data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "deploy" / "samples" / "quick.yaml"
+sys.path[:0] = [str(REPO / "tests" / "harness"), str(REPO / "tests" / "e2e")]
+
+from launcher import DEFAULT_BIN_DIR  # noqa: E402  # the harness the tests use
+from node import katib, product  # noqa: E402
+from node.node import Node, read_running  # noqa: E402
+from providers import E2ECluster, wait_until, watching_pods  # noqa: E402
+
+NAMESPACE = "bench-katib"
+TRIAL_LABEL = "katib.kubeflow.org/trial"
+DEADLINE_S = 40 * 60
+
+
+def seconds_between(start: str, end: str) -> float:
+    """Seconds between two RFC 3339 timestamps of the API server."""
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+@contextmanager
+def cluster(state_dir: Path, data_dir: Path) -> Iterator[E2ECluster]:
+    """The running `make katib-cluster` node, or a fresh one for the duration of the block."""
+    running = read_running(state_dir)
+    if running is not None:
+        yield E2ECluster("node", running.layout.bin, running.layout.kubeconfig)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
+        node = Node(Path(tmp), DEFAULT_BIN_DIR)
+        started = time.perf_counter()
+        try:
+            up = node.up()
+            katib.install(up, DEFAULT_BIN_DIR, katib.manifests_dir(DEFAULT_BIN_DIR))
+            product.install(up, REPO, data_dir)
+            print(f"node, Katib and operator up in {time.perf_counter() - started:.0f} s")
+            yield E2ECluster("node", up.layout.bin, up.layout.kubeconfig)
+        finally:
+            node.down()
+
+
+def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Apply the tuning, follow it to its end; the figures of the run."""
+    target.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=300s")
+    target.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": NAMESPACE, "labels": {katib.INJECTION_LABEL: "enabled"}},
+        }
+    )
+    name = manifest["metadata"]["name"]
+    first_running: list[float] = []
+    with watching_pods(target, NAMESPACE, TRIAL_LABEL) as pods:
+        applied = time.perf_counter()
+        target.apply({**manifest, "metadata": {"name": name, "namespace": NAMESPACE}})
+
+        def ended() -> bool:
+            if not first_running and any(
+                p.get("status", {}).get("phase") == "Running" for p in pods.pods().values()
+            ):
+                first_running.append(time.perf_counter() - applied)
+            phase = (target.get("mnisttuning", name, NAMESPACE).get("status") or {}).get("phase")
+            return phase in ("Succeeded", "Failed")
+
+        wait_until(f"MnistTuning {name} to end", ended, DEADLINE_S, every=0.5)
+        wall = time.perf_counter() - applied
+        seen = pods.pods()
+    final = target.get("mnisttuning", name, NAMESPACE)
+    trials = []
+    for trial in target.items("trials", NAMESPACE):
+        [pod] = [
+            p
+            for p in seen.values()
+            if p["metadata"]["labels"][TRIAL_LABEL] == trial["metadata"]["name"]
+        ]
+        [trainer] = [
+            s
+            for s in pod["status"]["containerStatuses"]
+            if s["name"] != "metrics-logger-and-collector"
+        ]
+        done = trainer["state"]["terminated"]
+        trials.append(
+            {
+                "trial": trial["metadata"]["name"],
+                "trial_s": seconds_between(
+                    trial["status"]["startTime"], trial["status"]["completionTime"]
+                ),
+                "trainer_s": seconds_between(done["startedAt"], done["finishedAt"]),
+            }
+        )
+    target.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
+    return {
+        "wall": wall,
+        "first_running": first_running[0],
+        "status": final["status"],
+        "trials": trials,
+    }
+
+
+def locally(manifest_file: Path, data_dir: Path) -> tuple[float, dict[str, Any]]:
+    """`mnist-tuning run -f` of the same file: wall time and final status."""
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as workdir:
+        command = [
+            str(REPO / ".venv" / "bin" / "mnist-tuning"), "run", "-f", str(manifest_file),
+            "--workdir", workdir, "--data-dir", str(data_dir),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        return wall, yaml.safe_load((Path(workdir) / "status.yaml").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=REPO / ".katib-cluster")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    args = parser.parse_args()
+    manifest = yaml.safe_load(SAMPLE.read_text())
+    budget = manifest["spec"]["budget"]
+    print(
+        f"{SAMPLE.relative_to(REPO)}: {budget['maxTrials']} trials, "
+        f"{budget['parallelTrials']} at a time"
+    )
+    with cluster(args.dir, args.data_dir) as target:
+        run = on_cluster(target, manifest)
+    local_wall, local_status = locally(SAMPLE, args.data_dir)
+    print(f"apply → first trial pod running: {run['first_running']:.1f} s")
+    print(f"{'trial':<28} {'trial wall s':>12} {'trainer s':>10} {'Katib adds s':>13}")
+    for trial in sorted(run["trials"], key=lambda t: t["trial"]):
+        overhead = trial["trial_s"] - trial["trainer_s"]
+        print(
+            f"{trial['trial']:<28} {trial['trial_s']:>12.0f} {trial['trainer_s']:>10.0f} "
+            f"{overhead:>13.0f}"
+        )
+    overheads = [t["trial_s"] - t["trainer_s"] for t in run["trials"]]
+    print(f"median per-trial overhead of Katib: {statistics.median(overheads):.0f} s")
+    best, local_best = run["status"].get("best") or {}, local_status.get("best") or {}
+    print(
+        f"on Katib: {run['status']['phase']} in {run['wall']:.0f} s, best accuracy "
+        f"{best.get('accuracy', float('nan')):.4f}"
+    )
+    print(
+        f"mnist-tuning run: {local_status['phase']} in {local_wall:.0f} s, best accuracy "
+        f"{local_best.get('accuracy', float('nan')):.4f}"
+    )
+    print(f"Katib tuning wall time / local tuning wall time: {run['wall'] / local_wall:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
