@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "deploy" / "samples" / "quick.yaml"
 sys.path[:0] = [str(REPO / "tests" / "harness"), str(REPO / "tests" / "e2e")]
 
-from launcher import DEFAULT_BIN_DIR  # noqa: E402  # the harness the tests use
+from launcher import DEFAULT_BIN_DIR, wait_for  # noqa: E402  # the harness the tests use
 from node import katib, product  # noqa: E402
 from node.node import Node, read_running  # noqa: E402
-from providers import E2ECluster, wait_until, watching_pods  # noqa: E402
+from providers import E2ECluster, watching_pods  # noqa: E402
 
 NAMESPACE = "bench-katib"
 TRIAL_LABEL = "katib.kubeflow.org/trial"
@@ -93,7 +93,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
             phase = (target.get("mnisttuning", name, NAMESPACE).get("status") or {}).get("phase")
             return phase in ("Succeeded", "Failed")
 
-        wait_until(f"MnistTuning {name} to end", ended, DEADLINE_S, every=0.5)
+        wait_for(f"MnistTuning {name} to end", ended, DEADLINE_S)
         wall = time.perf_counter() - applied
         seen = pods.pods()
     final = target.get("mnisttuning", name, NAMESPACE)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,6 @@ class PodWatch:
     """
 
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
-    events: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def feed(self, stream: Iterator[str]) -> None:
@@ -85,7 +83,6 @@ class PodWatch:
                 buffer = buffer.lstrip()[end:]
                 pod = event["object"]
                 with self.lock:
-                    self.events += 1
                     self.seen[pod["metadata"]["name"]] = pod
 
     def pods(self) -> dict[str, dict[str, Any]]:
@@ -112,17 +109,6 @@ def watching_pods(cluster: E2ECluster, namespace: str, selector: str) -> Iterato
         process.terminate()
         process.wait(timeout=10)
         reader.join(timeout=10)
-
-
-def wait_until(
-    what: str, condition: Callable[[], bool], timeout: float, every: float = 2.0
-) -> None:
-    """Poll `condition` until it holds; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def containers_of(pod: dict[str, Any]) -> Sequence[str]:

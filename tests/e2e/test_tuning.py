@@ -13,14 +13,16 @@ import json
 import math
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import yaml
 from kindcluster import KATIB_INJECTION_LABEL, small_tuning, table_row
+from launcher import wait_for
 from mnist_tuning.api.expand import PRIMARY_CONTAINER
 from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
-from providers import E2ECluster, PodWatch, containers_of, wait_until, watching_pods
+from providers import E2ECluster, PodWatch, containers_of, watching_pods
 
 TRIAL_LABEL = "katib.kubeflow.org/trial"
 SIDECAR = "metrics-logger-and-collector"
@@ -28,6 +30,8 @@ OPERATOR_SELECTOR = f"app.kubernetes.io/name={OPERATOR_DEPLOYMENT}"
 # Two one-epoch trials side by side on two cores, plus Katib's per-trial start-up.
 TUNING_DEADLINE_S = 20 * 60
 STEP_DEADLINE_S = 5 * 60
+# Polled every two seconds: each poll is a kubectl process, on the cores the trials train on.
+wait_until = partial(wait_for, every=2.0)
 # The first test also waits for the session's cluster: a cold build of both images included.
 pytestmark = pytest.mark.timeout(60 * 60)
 

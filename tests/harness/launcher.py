@@ -284,6 +284,17 @@ class Server:
                 self.process.wait()
 
 
+def wait_for(
+    what: str, condition: Callable[[], bool], timeout: float = 120.0, every: float = 0.5
+) -> None:
+    """Poll `condition` every `every` seconds until it holds; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
 def kubectl(
     bin_dir: Path,
     kubeconfig: Path,

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
+from launcher import wait_for
 from node.node import RunningNode, userland_image
-
-WAIT_S = 120.0
 
 
 def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
@@ -31,15 +28,6 @@ def pod(name: str, namespace: str, *containers: dict[str, Any], **spec: Any) -> 
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"restartPolicy": "Never", "containers": list(containers), **spec},
     }
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Poll `condition` until it holds; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def wait_pod_phase(node: RunningNode, namespace: str, name: str, phases: set[str]) -> str:

@@ -217,15 +217,7 @@ def install(node: RunningNode, source_bin: Path, manifests: Path) -> None:
     overlay = write_overlay(manifests, node.layout.root / "katib", volume)
     node.kubectl("apply", "--server-side", "-k", str(overlay), timeout=300)
     for deployment in DEPLOYMENTS:
-        node.kubectl(
-            "rollout",
-            "status",
-            f"deployment/{deployment}",
-            "-n",
-            NAMESPACE,
-            "--timeout=300s",
-            timeout=320,
-        )
+        node.rollout(deployment, NAMESPACE)
     # The controller's webhooks answer once its certificate is in place and the Service routes.
     node.kubectl(
         "wait",

@@ -123,6 +123,13 @@ class RunningNode:
         """`kubectl apply` of manifests given as dicts."""
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
 
+    def rollout(self, deployment: str, namespace: str) -> None:
+        """Wait until a Deployment has rolled out (its new pods Ready), five minutes at most."""
+        self.kubectl(
+            "rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=300s",
+            timeout=320,
+        )  # fmt: skip
+
 
 class Node:
     """One node's processes, in one state directory."""

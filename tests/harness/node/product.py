@@ -88,15 +88,7 @@ def deploy_operator(
     """Apply the CRD and the operator with the given images; wait until it has rolled out."""
     overlay = write_overlay(repo_root, node.layout.root / "operator", operator_image, trainer_image)
     node.kubectl("apply", "--server-side", "-k", str(overlay), timeout=300)
-    node.kubectl(
-        "rollout",
-        "status",
-        f"deployment/{OPERATOR_DEPLOYMENT}",
-        "-n",
-        OPERATOR_NAMESPACE,
-        "--timeout=300s",
-        timeout=320,
-    )
+    node.rollout(OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE)
 
 
 def install(node: RunningNode, repo_root: Path, data_dir: Path) -> str:
