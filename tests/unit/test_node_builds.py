@@ -172,10 +172,11 @@ def test_a_key_follows_its_own_dockerfile_the_executable_bit_and_the_build_args(
 
 
 def test_image_names_carry_the_key_as_their_tag() -> None:
-    trainer, operator = builds.trainer_image(), builds.operator_image()
+    trainer = builds.image_name(TRAINER, REPO_ROOT)
+    operator = builds.image_name(OPERATOR, REPO_ROOT)
     assert re.fullmatch(r"localhost/mnist-tuning/mnist-trainer:[0-9a-f]{12}", trainer)
     assert re.fullmatch(r"localhost/mnist-tuning/mnist-tuning-operator:[0-9a-f]{12}", operator)
-    assert builds.trainer_image(REPO_ROOT) == trainer
+    assert builds.image_name(TRAINER, REPO_ROOT) == trainer
 
 
 def test_the_trainer_build_is_offline_with_wheels_and_digits_mounted_read_only() -> None:

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import launcher
-
 from node import host, images
 from node.node import cache_dir
 
@@ -219,16 +217,6 @@ def image_key(build: ImageBuild, repo_root: Path) -> str:
 def image_name(build: ImageBuild, repo_root: Path) -> str:
     """The image's name; its tag is the build's key."""
     return f"{build.repository}:{image_key(build, repo_root)}"
-
-
-def trainer_image(repo_root: Path = launcher.REPO_ROOT) -> str:
-    """The trainer image this tree builds: `localhost/mnist-tuning/mnist-trainer:<key>`."""
-    return image_name(TRAINER, repo_root)
-
-
-def operator_image(repo_root: Path = launcher.REPO_ROOT) -> str:
-    """The operator image this tree builds: `localhost/mnist-tuning/mnist-tuning-operator:<key>`."""
-    return image_name(OPERATOR, repo_root)
 
 
 def pinned_requirements(pyproject: Mapping[str, Any]) -> list[str]:
