@@ -280,4 +280,4 @@ def test_the_trainer_in_a_v1_cgroup_reports_threads_its_quota_allows(
         "cpu" in controllers.split(",") and path.endswith(f"/{cgroup.name}")
         for _, controllers, path in memberships
     ), result.stdout
-    assert re.findall(r"\bthreads=(\d+)", result.stdout) == [str(threads)]
+    assert re.findall(r"(?:^|\s)threads=(\d+)", result.stdout) == [str(threads)]

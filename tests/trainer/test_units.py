@@ -9,10 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812  # the conventional name
+from mnist_trainer import train as training
 from mnist_trainer.config import Hyperparameters
+from mnist_trainer.data import Split
 from mnist_trainer.metrics import MetricsReporter, NonFiniteMetricError, katib_timestamp
 from mnist_trainer.model import LeNet
-from mnist_trainer.train import DivergedError, _check_window, batches, make_optimizer
+from mnist_trainer.train import (
+    ONE_THREAD_BELOW_BATCH,
+    DivergedError,
+    _check_window,
+    batches,
+    make_optimizer,
+    step_threads,
+    threads,
+)
 
 
 def test_timestamps_are_whole_seconds() -> None:
@@ -140,3 +150,62 @@ def test_optimizers_step_exactly_like_torch_optim(
     assert all(not torch.equal(p, q) for p, q in zip(ours.parameters(), initial, strict=True))
     for mine, expected in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(mine, expected, rtol=1e-5, atol=1e-6)
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_small_cpu_batches_step_on_one_thread_and_others_on_all() -> None:
+    assert step_threads(ONE_THREAD_BELOW_BATCH - 1, 4, CPU) == 1
+    assert step_threads(ONE_THREAD_BELOW_BATCH, 4, CPU) == 4
+    assert step_threads(1, 1, CPU) == 1
+    # A GPU step does not run on the CPU's threads: nothing to decide there.
+    assert step_threads(16, 4, CUDA) == 4
+
+
+def test_the_thread_count_comes_back_even_when_the_block_fails() -> None:
+    inside = []
+
+    def fail_on_one_thread() -> None:
+        with threads(1):
+            inside.append(torch.get_num_threads())
+            raise DivergedError
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(DivergedError):
+            fail_on_one_thread()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert inside == [1]
+
+
+@pytest.mark.parametrize(("batch_size", "stepping"), [(16, 1), (32, 2)])
+def test_training_steps_use_the_policys_threads_and_evaluation_all(
+    monkeypatch: pytest.MonkeyPatch, batch_size: int, stepping: int
+) -> None:
+    seen: dict[str, set[int]] = {"step": set(), "evaluate": set()}
+    step, evaluate = training.train_step, training.evaluate
+
+    def recording_step(*args: torch.Tensor) -> torch.Tensor:
+        seen["step"].add(torch.get_num_threads())
+        return step(*args)  # type: ignore[arg-type]
+
+    def recording_evaluate(model: torch.nn.Module, split: Split) -> training.Evaluation:
+        seen["evaluate"].add(torch.get_num_threads())
+        return evaluate(model, split)
+
+    monkeypatch.setattr(training, "train_step", recording_step)
+    monkeypatch.setattr(training, "evaluate", recording_evaluate)
+    split = Split(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        training.train(
+            Hyperparameters(batch_size=batch_size, epochs=2), split, split, seed=0, on_epoch=print
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"step": {stepping}, "evaluate": {2}}

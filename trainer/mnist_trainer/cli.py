@@ -15,7 +15,14 @@ from mnist_trainer import config, cpus
 from mnist_trainer.config import Hyperparameters, RunSettings
 from mnist_trainer.data import MissingDataError, load_digits
 from mnist_trainer.metrics import MetricsReporter
-from mnist_trainer.train import DivergedError, EpochResult, evaluate, train
+from mnist_trainer.train import (
+    ONE_THREAD_BELOW_BATCH,
+    DivergedError,
+    EpochResult,
+    evaluate,
+    step_threads,
+    train,
+)
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -163,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer(1, 1024),
         default=None,
         help="CPU threads for torch (default: the CPUs this process may use, "
-        "honouring a container CPU limit on cgroup v2 or v1)",
+        "honouring a container CPU limit on cgroup v2 or v1); training steps on "
+        f"batches under {ONE_THREAD_BELOW_BATCH} use one, which is faster",
     )
     run.add_argument(
         "--device",
@@ -239,7 +247,9 @@ def run(hp: Hyperparameters, settings: RunSettings) -> int:
     except MissingDataError as exc:
         return _fail(f"--data-dir: {exc}", EXIT_USAGE)
     print(
-        f"device={device.type} threads={settings.threads} train={len(digits.train)} "
+        f"device={device.type} threads={settings.threads} "
+        f"step-threads={step_threads(hp.batch_size, settings.threads, device)} "
+        f"train={len(digits.train)} "
         f"validation={len(digits.validation)} seed={settings.seed} {hp.describe()}",
         flush=True,
     )

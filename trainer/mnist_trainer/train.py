@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,13 @@ CHECK_EVERY = 50
 # Evaluation batches: big enough for efficient kernels, small enough that their
 # activations stay under the allocator's reuse threshold (fastest when measured: 500).
 EVAL_BATCH = 500
+# A CPU training step on a batch smaller than this runs on one thread. Every operator
+# that opens an OpenMP parallel region wakes the other threads, about 45 context
+# switches per LeNet step, and below this size the second thread's share of the
+# arithmetic is worth less than those wake-ups: on two cores 2 threads took 1.39x as
+# long as 1 at batch 8, 1.12x at 16, 1.01x at 24, and 0.94x at 32, 0.77x at 64
+# (`benchmarks/trainer_step.py`). Evaluation batches keep every thread.
+ONE_THREAD_BELOW_BATCH = 32
 _HINT = "try a smaller --learning-rate or --weight-decay"
 
 
@@ -44,6 +52,24 @@ class EpochResult:
     train_loss: float
     validation: Evaluation
     seconds: float  # training only, without the validation pass
+
+
+def step_threads(batch_size: int, threads: int, device: torch.device) -> int:
+    """How many CPU threads the training steps use: one for small batches on the CPU."""
+    if device.type == "cpu" and batch_size < ONE_THREAD_BELOW_BATCH:
+        return 1
+    return threads
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run the block on `count` torch threads, then restore the process's own count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> Optimizer:
@@ -70,6 +96,17 @@ def batches(
     order = torch.randperm(size, generator=generator).to(device)
     for start in range(0, size, batch_size):
         yield order[start : start + batch_size]
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: Optimizer, images: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """One step on one batch; return its mean loss, still on the device."""
+    loss = F.cross_entropy(model(images), labels)
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return loss.detach()
 
 
 def evaluate(model: torch.nn.Module, split: Split) -> Evaluation:
@@ -102,8 +139,12 @@ def train(
     seed: int,
     on_epoch: Callable[[EpochResult], None],
 ) -> torch.nn.Module:
-    """Train for `hp.epochs`, calling `on_epoch` after each; raise DivergedError on NaN/inf."""
+    """Train for `hp.epochs`, calling `on_epoch` after each; raise DivergedError on NaN/inf.
+
+    The steps run on `step_threads` of the process's threads; evaluation on all of them.
+    """
     device = train_split.labels.device
+    training_threads = step_threads(hp.batch_size, torch.get_num_threads(), device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     # channels_last lets oneDNN run the convolutions without reordering every batch.
@@ -115,19 +156,18 @@ def train(
         started = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         filled = 0
-        for index in batches(len(train_split), hp.batch_size, generator, device):
-            logits = model(train_split.images[index])
-            loss = F.cross_entropy(logits, train_split.labels[index])
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            window[filled] = loss.detach()
-            filled += 1
-            step += 1
-            if filled == CHECK_EVERY:
-                loss_sum += _check_window(window, filled, step, epoch, hp)
-                filled = 0
-        loss_sum += _check_window(window, filled, step, epoch, hp)
+        with threads(training_threads):
+            for index in batches(len(train_split), hp.batch_size, generator, device):
+                loss = train_step(
+                    model, optimizer, train_split.images[index], train_split.labels[index]
+                )
+                window[filled] = loss
+                filled += 1
+                step += 1
+                if filled == CHECK_EVERY:
+                    loss_sum += _check_window(window, filled, step, epoch, hp)
+                    filled = 0
+            loss_sum += _check_window(window, filled, step, epoch, hp)
         seconds = time.perf_counter() - started
         scores = evaluate(model, validation)
         if not (math.isfinite(scores.loss) and math.isfinite(scores.accuracy)):
