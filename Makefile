@@ -96,6 +96,7 @@ katib-cluster-down: $(STAMP) ## stop the single-node Kubernetes and remove every
 .PHONY: bench
 bench: data binaries ## run every benchmark (prints figures against same-run baselines)
 	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/trainer_step.py
 	$(PY) benchmarks/local_tuning.py
 	$(PY) benchmarks/operator_scale.py
 
