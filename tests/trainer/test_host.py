@@ -47,15 +47,19 @@ def probe(mode: str, **env: str) -> tuple[str, str, float]:
     return took, spin, float(faults)
 
 
+# A batch-64 step of the probe allocates about 14 MB of activations and gradients, some
+# 3,500 pages. With glibc's defaults most came back as fresh pages every step (2,000-2,600
+# faults per step on an idle machine, but once only 36 during a full `make test`, so the
+# default is reported, not asserted); configured, a step reuses them.
+MOST_FAULTS_PER_STEP = 100
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_the_allocator_reuses_pages_between_training_steps() -> None:
     took, _, configured = probe("configure")
     _, _, default = probe("default")
     assert took == "True"
-    # glibc's defaults hand each step's large activations fresh pages; configured, the
-    # next step reuses the previous step's pages.
-    assert default > 100
-    assert configured * 10 < default
+    assert configured < MOST_FAULTS_PER_STEP, f"configured {configured}, default {default}"
 
 
 def test_openmp_spinning_is_short_unless_the_environment_says_otherwise() -> None:
