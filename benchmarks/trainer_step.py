@@ -34,6 +34,8 @@ from mnist_trainer.train import make_optimizer, step_threads, train_step  # noqa
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+from trainer import sgemm_gflops  # noqa: E402  # benchmarks/trainer.py, beside this file
+
 POOL = 4096  # random images the batches are drawn from
 
 
@@ -88,16 +90,10 @@ class Trial:
         return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches) / count
 
 
-def sgemm_gflops(threads: int) -> float:
-    """The float32 1024x1024 matrix-multiply rate on `threads` threads, now."""
+def sgemm_rate(threads: int) -> float:
+    """The sgemm rate on `threads` threads, measured as benchmarks/trainer.py measures it."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    return 20 * 2 * 1024**3 / (time.perf_counter() - started) / 1e9
+    return sgemm_gflops()[0]
 
 
 def report(batch_size: int, rounds: int, gflops: float) -> None:
@@ -150,8 +146,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    gflops = sgemm_gflops(2)
-    print(f"sgemm {gflops:.0f} GFLOP/s on 2 threads, {sgemm_gflops(1):.0f} on 1, now")
+    gflops = sgemm_rate(2)
+    print(f"sgemm {gflops:.0f} GFLOP/s on 2 threads, {sgemm_rate(1):.0f} on 1, now")
     for batch_size in args.batch_sizes:
         report(batch_size, args.rounds, gflops)
     return 0
