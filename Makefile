@@ -43,6 +43,10 @@ binaries: ## build (or take from cache) etcd, kube-apiserver, kube-controller-ma
 node-binaries: ## the above plus the node (kubelet, kube-scheduler, kube-proxy, CoreDNS, pause) and Katib programs
 	tests/harness/build.sh node
 
+.PHONY: gitops-binaries
+gitops-binaries: ## node-binaries plus argocd, kustomize and our Git server
+	tests/harness/build.sh gitops
+
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy --strict, import-linter contracts, hadolint, actionlint
 	$(BIN)/ruff check .
@@ -62,7 +66,7 @@ unit: $(STAMP) ## the fast tier: pure functions, the CRD offline, Argo CD's Lua 
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint data node-binaries ## lint, then every test tier (the node and e2e tiers need root or, for e2e, Docker)
+test: lint data gitops-binaries ## lint, then every test tier (the node, e2e and gitops tiers need root or, for e2e, Docker)
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: end-to-end
@@ -89,8 +93,12 @@ cluster-down: ## stop the local control plane
 katib-cluster: data node-binaries ## a real single-node Kubernetes here with Katib v0.19.0, our images and the operator, in the background (root)
 	$(NODE) up --dir $(KATIB_CLUSTER_DIR)
 
+.PHONY: gitops-cluster
+gitops-cluster: data gitops-binaries ## the node with Argo CD and a Git server serving this checkout: Argo CD installs Katib, the operator and quick.yaml (root)
+	$(NODE) up --gitops --dir $(KATIB_CLUSTER_DIR)
+
 .PHONY: katib-cluster-down
-katib-cluster-down: $(STAMP) ## stop the single-node Kubernetes and remove every trace of it from the machine
+katib-cluster-down: $(STAMP) ## stop the single-node Kubernetes (and Argo CD, the Git server) and remove every trace of it
 	$(NODE) down --dir $(KATIB_CLUSTER_DIR)
 
 .PHONY: bench

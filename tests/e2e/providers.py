@@ -8,16 +8,15 @@ the trainer image built in the same run. The tests talk to it only through `E2EC
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import launcher
 import yaml
+from watch import Watch, watching
 
 KUBECTL_TIMEOUT_S = 300.0
 
@@ -59,56 +58,11 @@ class E2ECluster:
         return list(json.loads(listing)["items"])
 
 
-@dataclass
-class PodWatch:
-    """Every version of every pod a `kubectl get --watch` saw, from before the test acted.
-
-    Katib deletes a trial's Job (and its pods) when the trial ends, so what a pod looked like
-    is read from the watch's history, not from a `get` racing the deletion.
-    """
-
-    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def feed(self, stream: Iterator[str]) -> None:
-        """Read the watch's JSON documents (one after another, any layout) as they come."""
-        decoder, buffer = json.JSONDecoder(), ""
-        for chunk in stream:
-            buffer += chunk
-            while buffer.strip():
-                try:
-                    event, end = decoder.raw_decode(buffer.lstrip())
-                except json.JSONDecodeError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                pod = event["object"]
-                with self.lock:
-                    self.seen[pod["metadata"]["name"]] = pod
-
-    def pods(self) -> dict[str, dict[str, Any]]:
-        """The latest version of each pod seen, by name."""
-        with self.lock:
-            return dict(self.seen)
-
-
 @contextmanager
-def watching_pods(cluster: E2ECluster, namespace: str, selector: str) -> Iterator[PodWatch]:
-    """A PodWatch over `selector` in `namespace` for the duration of the block."""
-    argv = cluster.argv(
-        "get", "pods", "-n", namespace, "-l", selector, "--watch", "--output-watch-events",
-        "-o", "json",
-    )  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
-    assert process.stdout is not None
-    watch = PodWatch()
-    reader = threading.Thread(target=watch.feed, args=(iter(process.stdout),), daemon=True)
-    reader.start()
-    try:
+def watching_pods(cluster: E2ECluster, namespace: str, selector: str) -> Iterator[Watch]:
+    """A Watch over the pods matching `selector` in `namespace` for the duration of the block."""
+    with watching(cluster.argv(), "pods", namespace, "-l", selector) as watch:
         yield watch
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        reader.join(timeout=10)
 
 
 def containers_of(pod: dict[str, Any]) -> Sequence[str]:

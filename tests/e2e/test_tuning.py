@@ -22,7 +22,8 @@ from kindcluster import KATIB_INJECTION_LABEL, small_tuning, table_row
 from launcher import wait_for
 from mnist_tuning.api.expand import PRIMARY_CONTAINER
 from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
-from providers import E2ECluster, PodWatch, containers_of, watching_pods
+from providers import E2ECluster, containers_of, watching_pods
+from watch import Watch
 
 TRIAL_LABEL = "katib.kubeflow.org/trial"
 SIDECAR = "metrics-logger-and-collector"
@@ -132,7 +133,7 @@ def as_number(cell: str) -> float | None:
 @pytest.fixture(scope="module")
 def story(
     e2e_cluster: E2ECluster, namespaces: list[str]
-) -> Iterator[tuple[dict[str, Any], dict[str, Any], PodWatch]]:
+) -> Iterator[tuple[dict[str, Any], dict[str, Any], Watch]]:
     """The tuning applied and followed to its end, with every trial pod the watch saw."""
     namespace = new_namespace(e2e_cluster, namespaces, "story")
     with watching_pods(e2e_cluster, namespace, TRIAL_LABEL) as pods:
@@ -142,7 +143,7 @@ def story(
 
 
 def test_the_tuning_succeeds_with_best_hyperparameters_inside_the_searched_ranges(
-    story: tuple[dict[str, Any], dict[str, Any], PodWatch],
+    story: tuple[dict[str, Any], dict[str, Any], Watch],
 ) -> None:
     final, experiment, _ = story
     got = final["status"]
@@ -159,7 +160,7 @@ def test_the_tuning_succeeds_with_best_hyperparameters_inside_the_searched_range
 
 
 def test_kubectl_get_shows_phase_best_accuracy_and_learning_rate(
-    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], Watch]
 ) -> None:
     final, _, _ = story
     table = e2e_cluster.kubectl("get", "mnisttunings", "-n", final["metadata"]["namespace"])
@@ -172,7 +173,7 @@ def test_kubectl_get_shows_phase_best_accuracy_and_learning_rate(
 
 
 def test_katibs_trials_carry_the_observations_the_best_is_chosen_from(
-    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], Watch]
 ) -> None:
     final, _, _ = story
     trials = e2e_cluster.items("trials", final["metadata"]["namespace"])
@@ -188,20 +189,20 @@ def test_katibs_trials_carry_the_observations_the_best_is_chosen_from(
 
 
 def test_every_trial_pod_had_katibs_injected_metrics_collector(
-    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], Watch]
 ) -> None:
     final, _, pods = story
     trials = {
         t["metadata"]["name"] for t in e2e_cluster.items("trials", final["metadata"]["namespace"])
     }
-    seen = pods.pods().values()
+    seen = pods.latest().values()
     assert {pod["metadata"]["labels"][TRIAL_LABEL] for pod in seen} == trials
     for pod in seen:
         assert containers_of(pod) == [PRIMARY_CONTAINER, SIDECAR]
 
 
 def test_deleting_the_tuning_removes_its_experiment_trials_and_pods(
-    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], PodWatch]
+    e2e_cluster: E2ECluster, story: tuple[dict[str, Any], dict[str, Any], Watch]
 ) -> None:
     final, experiment, _ = story
     namespace = final["metadata"]["namespace"]
@@ -356,5 +357,5 @@ def test_an_unlabelled_namespace_gets_the_condition_and_proceeds_once_labelled(
     labelled = condition()
     assert labelled is not None
     assert labelled["status"] == "True"
-    [pod] = pods.pods().values()
+    [pod] = pods.latest().values()
     assert containers_of(pod) == [PRIMARY_CONTAINER, SIDECAR]

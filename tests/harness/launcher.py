@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -317,6 +318,15 @@ def kubectl(
             f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result
+
+
+def kustomize(directory: Path, bin_dir: Path = DEFAULT_BIN_DIR) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize DIRECTORY` renders (no cluster needed)."""
+    out = subprocess.run(
+        [str(bin_dir / "kubectl"), "kustomize", str(directory)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
 def install_crds(bin_dir: Path, kubeconfig: Path, crd_files: Sequence[Path]) -> None:

@@ -128,3 +128,19 @@ def test_our_applications_point_at_one_repository() -> None:
         if "kubeflow" not in load(path)["spec"]["source"]["repoURL"]
     }
     assert len(ours) == 1
+
+
+def test_katibs_webhooks_sync_only_after_the_pods_they_would_refuse() -> None:
+    # Katib's pod webhook (failurePolicy Fail) covers its own namespace: its configurations
+    # must reach the cluster in a later wave than the Deployments whose pods serve them.
+    patches = apps_by_name()["katib"]["spec"]["source"]["kustomize"]["patches"]
+    waves = {}
+    for entry in patches:
+        patch = yaml.safe_load(entry["patch"])
+        waves[(patch["kind"], patch["metadata"]["name"])] = int(
+            patch["metadata"]["annotations"][WAVE]
+        )
+    assert waves == {
+        ("MutatingWebhookConfiguration", "katib.kubeflow.org"): 1,
+        ("ValidatingWebhookConfiguration", "katib.kubeflow.org"): 1,
+    }

@@ -1,8 +1,8 @@
 """Condition types and reasons the operator writes, and how conditions merge.
 
-These names are an interface: Argo CD's health check and the README's troubleshooting
-table match on them. Katib's own terminal reasons (ExperimentGoalReached, ...) are
-passed through by `summarize()` unchanged.
+These names are an interface: Argo CD's health check and the troubleshooting table in
+docs/troubleshooting.md match on them. Katib's own terminal reasons (ExperimentGoalReached,
+...) are passed through by `summarize()` unchanged.
 """
 
 from __future__ import annotations
