@@ -28,9 +28,17 @@ from cluster import default_crds
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from launcher import ControlPlane
 from mnist_trainer.prepare import prepare
+from node import host
 from node.katib import install as install_katib
 from node.katib import manifests_dir
-from node.node import Node, RunningNode, read_running, recorded_root
+from node.node import SAVED_SYSCTLS, Node, RunningNode, read_running, recorded_root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The gitops tier first: Argo CD installs the session's Katib and operator from Git, on a
+    node that has nothing else yet; the e2e and node tiers then share that Katib."""
+    gitops = Path(__file__).parent / "gitops"
+    items.sort(key=lambda item: not item.path.is_relative_to(gitops))
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +93,12 @@ def katib(control_plane: ControlPlane) -> KatibStandIn:
 
 @pytest.fixture(scope="session")
 def ip_forward_before() -> str:
-    """The machine's IPv4 forwarding switch before any node of this session started."""
-    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    """The machine's IPv4 forwarding switch before any node started.
+
+    A node killed in an earlier session leaves the switch on and its saved value behind; the
+    first start of this session restores that value, so it is the one to compare with.
+    """
+    return host.Sysctls(SAVED_SYSCTLS).original("net.ipv4.ip_forward")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from mnist_tuning.api.expand import expand
 from mnist_tuning.api.spec import ALGORITHMS, parse_tuning
+from mnist_tuning.api.spec import UNIFORM_ONLY_ALGORITHMS as UNIFORM_ONLY
 from mnist_tuning.api.yamlio import to_yaml
 from strategies import Manifest, valid_manifests
 
@@ -196,7 +197,7 @@ def test_one_refusal_among_several_files_fails_the_run(
 
 
 # One search that every algorithm's service accepts: two stepped real ranges (grid, cmaes),
-# both above 0 (bayesianoptimization), and a list.
+# both above 0 (bayesianoptimization), and a list; linear for cmaes and sobol, which refuse log.
 EVERY_ALGORITHM_SEARCH = {
     "learningRate": {"min": 0.01, "max": 0.1, "step": 0.01, "scale": "log"},
     "momentum": {"min": 0.5, "max": 0.9, "step": 0.1},
@@ -215,7 +216,10 @@ def test_katib_accepts_every_algorithm_and_early_stopping_unchanged(
     spec: dict[str, Any] = {
         "algorithm": {"name": algorithm, "seed": 3},
         "budget": {"maxTrials": 8, "parallelTrials": 2},
-        "search": EVERY_ALGORITHM_SEARCH,
+        "search": {
+            name: {k: v for k, v in space.items() if algorithm not in UNIFORM_ONLY or k != "scale"}
+            for name, space in EVERY_ALGORITHM_SEARCH.items()
+        },
     }
     if early_stopping is not None:
         spec["earlyStopping"] = early_stopping

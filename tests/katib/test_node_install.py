@@ -6,24 +6,28 @@ the binaries by `build.sh node`), and compared object by object.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import launcher
 import pytest
 import yaml
-from node.katib import GOPTUNA_IMAGE, NAMESPACE, manifests_dir, mariadb_image, write_overlay
+from node.katib import (
+    EARLY_STOPPING_IMAGE,
+    NAMESPACE,
+    SERVED_BY_STAND_IN,
+    SERVICES_IMAGE,
+    SERVICES_MEMORY,
+    manifests_dir,
+    mariadb_image,
+    write_overlay,
+)
 
 Objects = dict[tuple[str, str], dict[str, Any]]
 
 
 def rendered(directory: Path) -> Objects:
-    kubectl = launcher.DEFAULT_BIN_DIR / "kubectl"
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(directory)], capture_output=True, text=True, check=True
-    ).stdout
-    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out) if d}
+    return {(d["kind"], d["metadata"]["name"]): d for d in launcher.kustomize(directory)}
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +73,26 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
     config = yaml.safe_load(ours[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
     before = yaml.safe_load(upstream[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
     moved = {
-        s["algorithmName"]: s["image"]
+        s["algorithmName"]: s
         for s, b in zip(
             config["runtime"]["suggestions"], before["runtime"]["suggestions"], strict=True
         )
         if s != b
     }
-    assert moved == {"random": GOPTUNA_IMAGE, "tpe": GOPTUNA_IMAGE}
+    assert moved == {
+        name: {
+            "algorithmName": name,
+            "image": SERVICES_IMAGE,
+            "resources": {"limits": {"memory": SERVICES_MEMORY}},
+        }
+        for name in SERVED_BY_STAND_IN
+    }
+    assert set(SERVED_BY_STAND_IN) == {
+        "random", "tpe", "grid", "multivariate-tpe", "bayesianoptimization"
+    }  # fmt: skip
+    [stopping] = config["runtime"]["earlyStoppings"]
+    [upstream_stopping] = before["runtime"]["earlyStoppings"]
+    assert stopping == {**upstream_stopping, "image": EARLY_STOPPING_IMAGE}
+    assert stopping["algorithmName"] == "medianstop"
     assert {**config, "runtime": {}} == {**before, "runtime": {}}
     assert config["runtime"]["metricsCollectors"] == before["runtime"]["metricsCollectors"]

@@ -2,7 +2,9 @@
 
 The trial here is a few lines of Python in the node's Debian test image that writes one metric
 in the JSON-lines format our trainer writes; Katib's own sidecar collects it, its DB manager
-stores it, and goptuna (serving `random`, see tests/harness/node/katib.py) suggests the values.
+stores it, and a suggestion service suggests the values: our stand-in for Katib's Python
+services for `random`, `tpe`, `grid`, `multivariate-tpe` and `bayesianoptimization`
+(tests/harness/katib_services), Katib's goptuna for `cmaes` and `sobol`.
 """
 
 from __future__ import annotations
@@ -186,14 +188,16 @@ STAND_IN_TRAINER = (
 )
 
 
-@pytest.mark.parametrize("algorithm", ["tpe", "cmaes"])
-def test_katib_runs_the_experiment_expand_renders_for_a_goptuna_algorithm(
-    katib: RunningNode, katib_namespace: str, algorithm: str
-) -> None:
-    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "samples" / f"{algorithm}.yaml").read_text())
-    manifest["metadata"]["namespace"] = katib_namespace
-    manifest["spec"]["budget"] = {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 0}
+def run_rendered(
+    katib: RunningNode, namespace: str, manifest: dict[str, Any], trainer_script: str
+) -> dict[str, Any]:
+    """Apply the Experiment expand() renders for `manifest`, its trainer swapped for a script
+    answering the same flags; return the Experiment once it ended."""
+    manifest["metadata"]["namespace"] = namespace
     rendered = expand(parse_tuning(manifest))
+    # Katib deletes a finished trial's Job and pods unless told to keep them: their logs are
+    # what a failure here is explained with.
+    rendered["spec"]["trialTemplate"]["retain"] = True
     job = rendered["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
     [trainer] = job["containers"]
     assert trainer["command"][:3] == ["python", "-m", "mnist_trainer"]
@@ -202,24 +206,58 @@ def test_katib_runs_the_experiment_expand_renders_for_a_goptuna_algorithm(
     trainer["command"] = ["python3", "/trial/trainer.py", *trainer["command"][3:]]
     trainer.setdefault("volumeMounts", []).append({"name": "trial", "mountPath": "/trial"})
     job.setdefault("volumes", []).append({"name": "trial", "configMap": {"name": "trial"}})
+    # The trials' own count, on the node: which trial a pod runs, whatever Katib names it.
+    counter = katib.layout.var / f"trial-counter-{namespace}"
+    trainer["volumeMounts"].append({"name": "counter", "mountPath": "/counter"})
+    job["volumes"].append(
+        {"name": "counter", "hostPath": {"path": str(counter), "type": "DirectoryOrCreate"}}
+    )
     script = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "trial", "namespace": katib_namespace},
-        "data": {"trainer.py": STAND_IN_TRAINER},
+        "metadata": {"name": "trial", "namespace": namespace},
+        "data": {"trainer.py": trainer_script},
     }
     name = rendered["metadata"]["name"]
     katib.apply([script, rendered])
 
     def ended() -> bool:
-        seen = conditions(katib, katib_namespace, name)
+        seen = conditions(katib, namespace, name)
         return seen.get("Succeeded") == "True" or seen.get("Failed") == "True"
 
     wait_for(f"Experiment {name} to end", ended, timeout=420)
-    final = json.loads(
-        katib.kubectl("get", "experiment", name, "-n", katib_namespace, "-o", "json").stdout
+    final: dict[str, Any] = json.loads(
+        katib.kubectl("get", "experiment", name, "-n", namespace, "-o", "json").stdout
     )
-    assert conditions(katib, katib_namespace, name)["Succeeded"] == "True", final["status"]
+    if conditions(katib, namespace, name).get("Succeeded") != "True":
+        trials = katib.kubectl("get", "trials", "-n", namespace, "-o", "yaml").stdout
+        pods = "".join(
+            katib.kubectl(
+                "logs",
+                "-n",
+                namespace,
+                "-l",
+                selector,
+                "--all-containers",
+                "--prefix",
+                "--tail=40",
+                check=False,
+            ).stdout
+            for selector in ("katib.kubeflow.org/experiment", "katib.kubeflow.org/trial")
+        )
+        raise AssertionError(f"{json.dumps(final['status'], indent=1)}\n{trials}\n{pods}")
+    return final
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["tpe", "grid", "multivariate-tpe", "bayesianoptimization", "cmaes", "sobol"]
+)
+def test_katib_runs_the_experiment_expand_renders_for_a_sample_algorithm(
+    katib: RunningNode, katib_namespace: str, algorithm: str
+) -> None:
+    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "samples" / f"{algorithm}.yaml").read_text())
+    manifest["spec"]["budget"] = {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 0}
+    final = run_rendered(katib, katib_namespace, manifest, STAND_IN_TRAINER)
     assert final["status"]["trialsSucceeded"] == 2
     best = final["status"]["currentOptimalTrial"]
     values = {
@@ -229,8 +267,64 @@ def test_katib_runs_the_experiment_expand_renders_for_a_goptuna_algorithm(
     }
     search = manifest["spec"]["search"]
     for parameter in ("learningRate", "momentum"):
-        assert search[parameter]["min"] <= values[parameter] <= search[parameter]["max"]
+        space = search[parameter]
+        if "values" in space:
+            assert values[parameter] in space["values"]
+        else:
+            assert space["min"] <= values[parameter] <= space["max"]
     metrics = {m["name"]: float(m["latest"]) for m in best["observation"]["metrics"]}
     expected = 1 - abs(values["learningRate"] - 0.05) - abs(values["momentum"] - 0.9) / 10
     assert metrics["accuracy"] == pytest.approx(expected)
     assert metrics["loss"] == pytest.approx(1 - expected)
+
+
+# Our trainer's flags and metrics over several epochs, one report a second and a half: the first
+# two trials on the node (counted in the hostPath `run_rendered` mounts) learn, the later ones
+# do not.
+LEARNING_THEN_NOT = (
+    "import json, os, sys, time\n"
+    "flags = dict(a.removeprefix('--').split('=', 1) for a in sys.argv[1:])\n"
+    "with open('/counter/started', 'a+') as counter:\n"
+    "    counter.write('started\\n')\n"
+    "    counter.seek(0)\n"
+    "    order = len(counter.readlines())\n"
+    "accuracy = 0.9 if order <= 2 else 0.1\n"
+    + WAIT_FOR_COLLECTOR
+    + "for epoch in range(int(flags['epochs'])):\n"
+    "    with open(flags['metrics-file'], 'a') as metrics:\n"
+    "        metrics.write(json.dumps({'accuracy': str(accuracy), 'loss': str(1 - accuracy),\n"
+    "                                  'timestamp': time.time()}) + '\\n')\n"
+    "    time.sleep(1.5)\n"
+)
+
+
+def test_katib_stops_trials_below_the_median_with_the_early_stopping_stand_in(
+    katib: RunningNode, katib_namespace: str
+) -> None:
+    manifest = yaml.safe_load((REPO_ROOT / "deploy/samples/early-stopping.yaml").read_text())
+    manifest["spec"]["budget"] = {"maxTrials": 4, "parallelTrials": 1, "maxFailedTrials": 0}
+    manifest["spec"]["earlyStopping"] = {"rule": "median", "minTrials": 2, "startStep": 2}
+    manifest["spec"]["fixed"]["epochs"] = 4
+    final = run_rendered(katib, katib_namespace, manifest, LEARNING_THEN_NOT)
+
+    status = final["status"]
+    assert (status.get("trialsSucceeded"), status.get("trialsEarlyStopped")) == (2, 2), status
+    listed = katib.kubectl("get", "trials", "-n", katib_namespace, "-o", "json").stdout
+    trials = json.loads(listed)["items"]
+    stopped = [t for t in trials if t["metadata"]["name"] in status["earlyStoppedTrialList"]]
+    assert len(stopped) == 2
+    for trial in stopped:
+        [condition] = [c for c in trial["status"]["conditions"] if c["type"] == "EarlyStopped"]
+        assert (condition["status"], condition["reason"]) == ("True", "TrialEarlyStopped")
+        # The rule the stand-in gave: the mean of the two succeeded trials' first two reports.
+        [rule] = trial["spec"]["earlyStoppingRules"]
+        assert rule["name"] == "accuracy"
+        assert rule["comparison"] == "less"
+        assert float(rule["value"]) == pytest.approx(0.9)
+        assert rule["startStep"] == 2
+        # Katib v0.19.0 copies a stopped trial's reports into its status only when its
+        # controller reads them after the collector stored them: where it did, they are bad.
+        observed = (trial["status"].get("observation") or {}).get("metrics", [])
+        accuracies = [float(m["latest"]) for m in observed if m["name"] == "accuracy"]
+        assert accuracies in ([], [pytest.approx(0.1)]), observed
+    assert status["currentOptimalTrial"]["bestTrialName"] in status["succeededTrialList"]

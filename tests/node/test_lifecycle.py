@@ -6,6 +6,7 @@ mounts), not through the harness code that does the cleaning.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,15 @@ from pathlib import Path
 
 import pytest
 from node.host import NODE_PROGRAMS
-from node.network import ACCOUNT_CHAIN, GUARD_CHAIN, parse_counters
+from node.network import (
+    ACCOUNT_CHAIN,
+    CONTAINERD_CGROUP,
+    CONTAINERD_GUARD_CHAIN,
+    GUARD_CHAIN,
+    parse_counters,
+)
 from node.node import Node, RunningNode
-from workloads import container, pod, wait_pod_phase
+from workloads import container, pod, wait_for, wait_pod_phase
 
 
 def saved_rules(table: str) -> str:
@@ -27,14 +34,52 @@ def saved_rules(table: str) -> str:
 
 @pytest.mark.reads_node_counters
 def test_no_packet_of_the_node_left_through_the_outside_interface(node: RunningNode) -> None:
-    dropped = parse_counters(saved_rules("filter"), GUARD_CHAIN)
+    filtered = saved_rules("filter")
+    dropped = {
+        **parse_counters(filtered, GUARD_CHAIN),
+        **parse_counters(filtered, CONTAINERD_GUARD_CHAIN),
+    }
     leaving = parse_counters(saved_rules("mangle"), ACCOUNT_CHAIN)
 
     outside = f"-o {node.plan.outside}"
-    assert len(dropped) == len(leaving) == 2
+    assert len(dropped) == len(leaving) == 3
     assert all(outside in rule for rule in [*dropped, *leaving])
     assert dropped == dict.fromkeys(dropped, 0), "something tried to leave and was dropped"
     assert leaving == dict.fromkeys(leaving, 0), "packets left the machine"
+
+
+def containerd_packets() -> dict[str, int]:
+    """Packets containerd's sockets tried to send out (dropped) and sent out (counted)."""
+    leaving = parse_counters(saved_rules("mangle"), ACCOUNT_CHAIN)
+    return {
+        **parse_counters(saved_rules("filter"), CONTAINERD_GUARD_CHAIN),
+        **{rule: count for rule, count in leaving.items() if CONTAINERD_CGROUP in rule},
+    }
+
+
+def test_an_image_of_an_outside_registry_fails_here_and_nothing_asks_for_it_outside(
+    node: RunningNode, node_namespace: str
+) -> None:
+    # Katib's image for `bayesianoptimization`: no registry on this machine serves it.
+    image = "ghcr.io/kubeflow/katib/suggestion-skopt:v0.19.0"
+    before = containerd_packets()
+    assert len(before) == 2, before
+    node.apply([pod("outside", node_namespace, {"name": "outside", "image": image})])
+
+    said: list[str] = []
+
+    def refused() -> bool:
+        events = node.kubectl(
+            "get", "events", "-n", node_namespace, "-o", "json",
+            "--field-selector", "involvedObject.name=outside,reason=Failed",
+        )  # fmt: skip
+        said[:] = [event["message"] for event in json.loads(events.stdout)["items"]]
+        return any("connection refused" in message for message in said)
+
+    wait_for("the kubelet to report the pull refused", refused)
+    # containerd asked the dead endpoint on loopback, not DNS or the registry's host.
+    assert any(image in message and "127.0.0.1:9" in message for message in said), said
+    assert containerd_packets() == before
 
 
 def traces(root: Path) -> dict[str, list[str]]:
@@ -74,7 +119,11 @@ def traces(root: Path) -> dict[str, list[str]]:
         ],
         "chains": [line for line in rules.splitlines() if "KUBE-" in line or "CNI-" in line]
         + [line for line in rules.splitlines() if "MNT-NODE-" in line],
-        "cgroups": [str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")],
+        "cgroups": [
+            str(p)
+            for name in ("kubepods", CONTAINERD_CGROUP)
+            for p in Path("/sys/fs/cgroup").glob(f"*/{name}")
+        ],
         "netns": [p.name for p in Path("/run/netns").glob("*")]
         if Path("/run/netns").exists()
         else [],

@@ -7,11 +7,14 @@ import io
 import ipaddress
 import json
 import os
+import subprocess
 import tarfile
+import tomllib
+import urllib.parse
 from pathlib import Path
 
 import pytest
-from node import images, network
+from node import configs, host, images, network
 from node.host import Leftovers
 
 
@@ -139,15 +142,51 @@ def test_the_guard_drops_and_counts_the_node_ranges_on_the_outside_interface_onl
         assert {tuple(r[r.index("-o") - 2 : r.index("-o")]) for r in group} == {
             ("-s", network.POD_RANGE),
             ("-d", network.BOTH_RANGES),
+            ("--path", network.CONTAINERD_CGROUP),
         }
         assert all(r[r.index("-o") + 1] == "ens5" for r in group)
-    hooks = [r for r in rules if "-I" in r]
-    assert {(r[1], r[3]) for r in hooks} == {
-        ("filter", "FORWARD"),
-        ("filter", "OUTPUT"),
-        ("mangle", "POSTROUTING"),
-    }
-    assert all(r[4] == "1" for r in hooks), "the guard runs before anything else"
+    hooks = [(r[1], r[3], r[-1]) for r in rules if "-I" in r]
+    assert sorted(hooks) == [
+        ("filter", "FORWARD", network.GUARD_CHAIN),
+        ("filter", "OUTPUT", network.CONTAINERD_GUARD_CHAIN),
+        ("filter", "OUTPUT", network.GUARD_CHAIN),
+        ("mangle", "POSTROUTING", network.ACCOUNT_CHAIN),
+    ]
+    assert all(r[4] == "1" for r in rules if "-I" in r), "the guard runs before anything else"
+    # The kernel refuses a cgroup match in a chain reached from FORWARD.
+    forwarded = [r for r in rules if "-A" in r and r[r.index("-A") + 1] == network.GUARD_CHAIN]
+    assert not any("cgroup" in r for r in forwarded)
+
+
+def test_containerd_joins_its_cgroup_before_it_runs_and_the_unified_hierarchy_is_found(
+    tmp_path: Path,
+) -> None:
+    hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\nnone /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    assert host.unified_hierarchy(hybrid) == Path("/sys/fs/cgroup/unified")
+    assert host.unified_hierarchy("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n") == Path(
+        "/sys/fs/cgroup"
+    )
+    with pytest.raises(host.HostError, match="mount -t cgroup2"):
+        host.unified_hierarchy("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n")
+
+    # A real shell, a stand-in cgroup folder: the pid the program runs as is the one written.
+    argv = host.in_cgroup(tmp_path, ["sh", "-c", "echo $$"])
+    ran = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert (tmp_path / "cgroup.procs").read_text().strip() == ran.stdout.strip()
+
+
+def test_every_registry_but_those_named_goes_to_a_dead_port_on_loopback(tmp_path: Path) -> None:
+    layout = configs.Layout(tmp_path)
+    config = tomllib.loads(configs.containerd_config(layout))
+    registry = config["plugins"]["io.containerd.grpc.v1.cri"]["registry"]
+    assert registry == {"config_path": str(layout.registry_hosts)}
+    hosts = tomllib.loads(configs.default_registry_hosts())
+    # containerd 1.6 ignores a file without a host table: the endpoint is the server and a host.
+    assert list(hosts["host"]) == [hosts["server"]]
+    assert hosts["host"][hosts["server"]]["capabilities"] == ["pull", "resolve"]
+    server = urllib.parse.urlsplit(hosts["server"])
+    assert ipaddress.ip_address(server.hostname or "").is_loopback
+    assert server.port == 9
 
 
 def test_the_address_ranges_are_benchmarking_space_only() -> None:
@@ -200,3 +239,19 @@ def test_leftovers_describe_only_what_is_left() -> None:
     left = Leftovers(links=["cni0"], cgroups=["/sys/fs/cgroup/cpu/kubepods"])
     assert not left.empty()
     assert left.describe().splitlines() == ["links: cni0", "cgroups: /sys/fs/cgroup/cpu/kubepods"]
+
+
+def test_the_value_before_any_node_is_the_one_a_killed_run_saved(tmp_path: Path) -> None:
+    saved = host.Sysctls(tmp_path / "sysctls")
+    live = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    assert saved.original("net.ipv4.ip_forward") == live
+
+    other = "1" if live == "0" else "0"
+    saved.saved_to.write_text(
+        f"net.ipv4.ip_forward={other}\nnet.bridge.bridge-nf-call-iptables=0\n"
+    )
+    assert saved.saved() == {
+        "net.ipv4.ip_forward": other,
+        "net.bridge.bridge-nf-call-iptables": "0",
+    }
+    assert saved.original("net.ipv4.ip_forward") == other

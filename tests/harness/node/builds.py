@@ -313,17 +313,23 @@ def base_archive(cache: Path, mirror: str) -> Path:
     return archive
 
 
+def require_image_python(what: str) -> None:
+    """Refuse to fetch wheels for an image unless this interpreter is the images' Python: pip
+    picks the wheels that fit the Python it runs under."""
+    if sys.version_info[:2] != BASE_PYTHON:
+        raise host.HostError(
+            f"{what} needs Python {BASE_PYTHON[0]}.{BASE_PYTHON[1]} (the images' "
+            f"Python), not {sys.version.split()[0]}: run this from the project's .venv"
+        )
+
+
 def fill_wheelhouse(repo_root: Path, wheels: Path) -> None:
     """Wheels of every pinned requirement and its dependencies (sdists built), from the index.
 
     Runs this interpreter's pip, so the wheels fit the images' Python only if this is 3.11. A
     stamp holding the requirement list makes a second call with the same pins a no-op.
     """
-    if sys.version_info[:2] != BASE_PYTHON:
-        raise host.HostError(
-            f"the wheelhouse needs Python {BASE_PYTHON[0]}.{BASE_PYTHON[1]} (the images' "
-            f"Python), not {sys.version.split()[0]}: run this from the project's .venv"
-        )
+    require_image_python("the wheelhouse")
     requirements = pinned_requirements(tomllib.loads((repo_root / "pyproject.toml").read_text()))
     stamp = wheels / ".requirements"
     if stamp.exists() and stamp.read_text().splitlines() == requirements:

@@ -23,6 +23,8 @@ API_PORT = 6443
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+# The discard port on loopback: nothing of the node listens there.
+DEAD_REGISTRY = "http://127.0.0.1:9"
 CNI_BIN_DIR = "/usr/lib/cni"
 
 
@@ -63,6 +65,11 @@ class Layout:
         return self.root / "pids"
 
     @property
+    def registry_hosts(self) -> Path:
+        """containerd's registry configuration: one folder per registry host, `_default` else."""
+        return self.etc / "certs.d"
+
+    @property
     def kubeconfig(self) -> Path:
         """The admin kubeconfig (group system:masters)."""
         return self.root / "kubeconfig"
@@ -99,7 +106,26 @@ state = "/run/containerd"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{layout.etc / "cni"}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{layout.registry_hosts}"
 """
+
+
+def default_registry_hosts() -> str:
+    """containerd's hosts.toml for every registry without a folder of its own: a dead endpoint.
+
+    Pods here run images imported into containerd; one that names any other image (Katib's
+    suggestion images for the algorithms we build no image for, a user's typo) must fail on
+    this machine, not ask DNS for the registry's name: the pull goes to a loopback port where
+    nothing listens, and the kubelet reports `connection refused` at once. containerd 1.6
+    refuses a hosts.toml without a `host` table ("invalid `host` tree") and then pulls from
+    the registry's own host, so the dead endpoint is named twice.
+    """
+    return (
+        f'server = "{DEAD_REGISTRY}"\n'
+        f'[host."{DEAD_REGISTRY}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+    )
 
 
 def cni_config(layout: Layout, plan: NetworkPlan) -> str:

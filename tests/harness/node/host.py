@@ -15,11 +15,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.network import CHAIN_PREFIXES, SERVICE_ROUTE, NetworkPlan
+from node.network import CHAIN_PREFIXES, CONTAINERD_CGROUP, SERVICE_ROUTE, NetworkPlan
 
 # Debian package → a file it installs that the node runs.
 PACKAGES: dict[str, str] = {
@@ -32,6 +32,8 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "/usr/sbin/debootstrap",
     # Builds our Dockerfiles without a daemon (node.builds).
     "buildah": "/usr/bin/buildah",
+    # Argo CD's cache (node.gitops runs its own on loopback, never the system service).
+    "redis-server": "/usr/bin/redis-server",
     "mount": "/usr/bin/umount",
 }
 # The Kubernetes programs a node runs from its own bin/.
@@ -43,9 +45,12 @@ KUBERNETES_PROGRAMS = (
     "kubelet",
     "kube-proxy",
 )
-# Programs of a node: ours (in the node's bin/) and containerd's shims. A process running one of
-# these after the node stopped is debris.
-NODE_PROGRAMS = (*KUBERNETES_PROGRAMS, "containerd", "containerd-shim-runc-v2")
+# Programs of a node: ours (in the node's bin/: Kubernetes, and Argo CD with its Redis and our Git
+# server) and containerd's shims. A process running one of these after the node stopped is debris.
+GITOPS_PROGRAMS = ("argocd", "redis-server", "gitserver")
+NODE_PROGRAMS = (*KUBERNETES_PROGRAMS, *GITOPS_PROGRAMS, "containerd", "containerd-shim-runc-v2")
+# Debian's convention for "start no service while installing": invoke-rc.d asks this script.
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 CONTAINERD_STATE = Path("/run/containerd")
 NETNS_DIR = Path("/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -92,17 +97,35 @@ def ensure_packages(packages: dict[str, str] = PACKAGES) -> list[str]:
         return []
     require_root("apt-get install " + " ".join(missing))
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-    ):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise HostError(f"`{' '.join(argv)}` failed: {result.stderr.strip()[-2000:]}")
+    with no_services_started():
+        for argv in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        ):
+            result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise HostError(f"`{' '.join(argv)}` failed: {result.stderr.strip()[-2000:]}")
     still = missing_packages(packages)
     if still:
         raise HostError(f"apt-get installed {missing} but these are still missing: {still}")
     return missing
+
+
+@contextlib.contextmanager
+def no_services_started() -> Iterator[None]:
+    """While installing, refuse every package's request to start its service (redis-server's,
+    containerd's): the node starts what it needs itself, as its own processes."""
+    if POLICY_RC_D.exists():
+        yield
+        return
+    POLICY_RC_D.write_text(
+        "#!/bin/sh\n# the mnist-tuning node starts its own processes\nexit 101\n"
+    )
+    POLICY_RC_D.chmod(0o755)
+    try:
+        yield
+    finally:
+        POLICY_RC_D.unlink(missing_ok=True)
 
 
 @dataclass
@@ -119,14 +142,22 @@ class Sysctls:
         for name in SYSCTLS:
             _sysctl_path(name).write_text("1\n")
 
+    def saved(self) -> dict[str, str]:
+        """The values saved by the node run that has not been torn down yet, if any."""
+        if not self.saved_to.exists():
+            return {}
+        lines = self.saved_to.read_text().splitlines()
+        return {name: value for name, _, value in (line.partition("=") for line in lines)}
+
+    def original(self, name: str) -> str:
+        """The machine's value before any node: saved by a run that was killed, else current."""
+        return self.saved().get(name) or _sysctl_path(name).read_text().strip()
+
     def restore(self) -> None:
         """Write back the saved values and forget them."""
-        if not self.saved_to.exists():
-            return
-        for line in self.saved_to.read_text().splitlines():
-            name, _, value = line.partition("=")
+        for name, value in self.saved().items():
             _sysctl_path(name).write_text(f"{value}\n")
-        self.saved_to.unlink()
+        self.saved_to.unlink(missing_ok=True)
 
 
 def _sysctl_path(name: str) -> Path:
@@ -227,9 +258,37 @@ def node_chains() -> list[str]:
     return chains
 
 
-def node_cgroups() -> list[str]:
+def unified_hierarchy(mounts: str) -> Path:
+    """Where the unified (v2) cgroup hierarchy is mounted, from /proc/self/mounts."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    raise HostError(
+        "no cgroup2 (unified) hierarchy is mounted, and the node's guard knows containerd's "
+        "packets by its cgroup there: `mkdir -p /sys/fs/cgroup/unified && "
+        "mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )
+
+
+def containerd_cgroup() -> Path:
+    """The cgroup containerd (and so its shims) runs in: `network.guard_rules` matches it."""
+    return unified_hierarchy(Path("/proc/self/mounts").read_text()) / CONTAINERD_CGROUP
+
+
+def in_cgroup(cgroup: Path, argv: Sequence[str]) -> list[str]:
+    """`argv` started inside `cgroup`, before it can open a socket (the shell joins, then execs)."""
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
+
+
+def kubepods_cgroups() -> list[Path]:
     """The kubelet's `kubepods` cgroup in each v1 hierarchy and in the unified one."""
-    return [str(path) for path in sorted(CGROUP_ROOT.glob(f"*/{KUBEPODS}")) if path.is_dir()]
+    return [path for path in sorted(CGROUP_ROOT.glob(f"*/{KUBEPODS}")) if path.is_dir()]
+
+
+def node_cgroups() -> list[str]:
+    """Every cgroup of a node: the kubelet's and containerd's."""
+    return [str(p) for p in [*kubepods_cgroups(), containerd_cgroup()] if p.is_dir()]
 
 
 def leftovers(state_dirs: Iterable[Path], plan: NetworkPlan) -> Leftovers:
@@ -252,17 +311,23 @@ def kill_processes(state_dirs: Iterable[Path], grace_s: float = 3.0) -> None:
     """SIGTERM every node program, then SIGKILL what is still there after `grace_s`."""
     dirs = list(state_dirs)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = node_processes(dirs)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            pids = {pid: a for pid, a in pids.items() if Path(f"/proc/{pid}").exists()}
-            time.sleep(0.1)
+        signal_and_wait(node_processes(dirs), sig, grace_s)
 
 
-def _cgroup_tree(hierarchy: str) -> list[Path]:
+def signal_and_wait(pids: Iterable[int], sig: signal.Signals, grace_s: float) -> list[int]:
+    """Send `sig` to `pids`; wait up to `grace_s` for them to end; the pids still running."""
+    left = list(pids)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace_s
+    while left and time.monotonic() < deadline:
+        left = [pid for pid in left if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.1)
+    return [pid for pid in left if Path(f"/proc/{pid}").exists()]
+
+
+def _cgroup_tree(hierarchy: str | Path) -> list[Path]:
     """A cgroup and every cgroup below it, deepest first.
 
     os.walk skips directories that vanish while it reads (the kubelet may still be removing
@@ -273,7 +338,7 @@ def _cgroup_tree(hierarchy: str) -> list[Path]:
 
 def _kill_cgroup_members() -> None:
     """SIGKILL every process left in a kubepods cgroup: containers whose shim is gone."""
-    for hierarchy in node_cgroups():
+    for hierarchy in kubepods_cgroups():
         for cgroup in _cgroup_tree(hierarchy):
             with contextlib.suppress(FileNotFoundError):
                 for pid in (cgroup / "cgroup.procs").read_text().split():
@@ -282,7 +347,7 @@ def _kill_cgroup_members() -> None:
 
 
 def _remove_cgroups() -> None:
-    """rmdir every kubepods cgroup, deepest first (they are empty once their processes died)."""
+    """rmdir every cgroup of the node, deepest first (empty once their processes died)."""
     deadline = time.monotonic() + 10
     while node_cgroups() and time.monotonic() < deadline:
         for hierarchy in node_cgroups():

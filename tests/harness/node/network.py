@@ -2,7 +2,7 @@
 
 Pods and Services live in the benchmarking block 198.18.0.0/15 (RFC 2544): outside private and
 public space, so nothing on any network answers there. Pods get 198.18.0.0/24 on the bridge,
-Services 198.19.0.0/16. Three guards, all set up before the first pod starts:
+Services 198.19.0.0/16. Four guards, all set up before the first pod starts:
 
 - the service range is routed to the loopback device, so a packet to a ClusterIP that kube-proxy
   has not programmed yet dies here (the kernel never forwards what it received on loopback)
@@ -10,8 +10,12 @@ Services 198.19.0.0/16. Three guards, all set up before the first pod starts:
   programmed ones (this VM's kernel has no dummy links);
 - the bridge does not masquerade, and a filter chain drops anything from the pod range, or to the
   pod or service range, that would leave through the outside interface;
-- a mangle chain at POSTROUTING counts what does leave with such an address: the test tier
-  asserts its counters, and the drop chain's, stay at zero.
+- containerd runs in the machine's own network namespace, where an image pull's DNS query or
+  registry connection looks like any other program's: it runs in a cgroup of its own, and a
+  filter chain at OUTPUT drops whatever a socket of that cgroup would send out (its registry
+  configuration already sends every pull to a dead endpoint on loopback, `configs`);
+- a mangle chain at POSTROUTING counts what does leave with such an address or from such a
+  socket: the test tier asserts its counters, and the drop chains', stay at zero.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ API_SERVICE_IP = "198.19.0.1"
 DNS_SERVICE_IP = "198.19.0.10"
 BOTH_RANGES = "198.18.0.0/15"
 GUARD_CHAIN = "MNT-NODE-GUARD"
+# Its own chain: the kernel accepts a cgroup match at OUTPUT and POSTROUTING, never at FORWARD.
+CONTAINERD_GUARD_CHAIN = "MNT-NODE-CONTAINERD"
+# containerd's cgroup, relative to the unified (v2) hierarchy's root, as `-m cgroup --path` reads.
+CONTAINERD_CGROUP = "mnt-node-containerd"
 ACCOUNT_CHAIN = "MNT-NODE-ACCOUNT"
 # Chains a node leaves behind: kube-proxy's, the CNI plugins', ours.
 CHAIN_PREFIXES = ("KUBE-", "CNI-", "MNT-NODE-")
@@ -59,19 +67,26 @@ def parse_default_route(route: str, addresses: str) -> tuple[str, str]:
 
 
 def guard_rules(plan: NetworkPlan) -> list[list[str]]:
-    """iptables argument lists that install both chains and hook them in first."""
+    """iptables argument lists that install the three chains and hook them in first."""
     out = ["-o", plan.outside]
     leaving = [
         ["-s", POD_RANGE, *out],
         ["-d", BOTH_RANGES, *out],
     ]
+    from_containerd = ["-m", "cgroup", "--path", CONTAINERD_CGROUP, *out]
     rules: list[list[str]] = [
         ["-t", "filter", "-N", GUARD_CHAIN],
         *(["-t", "filter", "-A", GUARD_CHAIN, *match, "-j", "DROP"] for match in leaving),
+        ["-t", "filter", "-N", CONTAINERD_GUARD_CHAIN],
+        ["-t", "filter", "-A", CONTAINERD_GUARD_CHAIN, *from_containerd, "-j", "DROP"],
         ["-t", "filter", "-I", "FORWARD", "1", "-j", GUARD_CHAIN],
         ["-t", "filter", "-I", "OUTPUT", "1", "-j", GUARD_CHAIN],
+        ["-t", "filter", "-I", "OUTPUT", "1", "-j", CONTAINERD_GUARD_CHAIN],
         ["-t", "mangle", "-N", ACCOUNT_CHAIN],
-        *(["-t", "mangle", "-A", ACCOUNT_CHAIN, *match, "-j", "RETURN"] for match in leaving),
+        *(
+            ["-t", "mangle", "-A", ACCOUNT_CHAIN, *match, "-j", "RETURN"]
+            for match in (*leaving, from_containerd)
+        ),
         ["-t", "mangle", "-I", "POSTROUTING", "1", "-j", ACCOUNT_CHAIN],
     ]
     return rules

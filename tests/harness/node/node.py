@@ -35,6 +35,7 @@ from node.configs import (
     cni_config,
     containerd_config,
     coredns_manifests,
+    default_registry_hosts,
     kube_proxy_config,
     kubelet_config,
 )
@@ -121,14 +122,51 @@ class RunningNode:
 
     def apply(self, documents: Sequence[dict[str, Any]]) -> None:
         """`kubectl apply` of manifests given as dicts."""
-        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+        self.kubectl("apply", "-f", "-", input_text=as_input(documents))
 
     def rollout(self, deployment: str, namespace: str) -> None:
-        """Wait until a Deployment has rolled out (its new pods Ready), five minutes at most."""
-        self.kubectl(
-            "rollout", "status", f"deployment/{deployment}", "-n", namespace, "--timeout=300s",
-            timeout=320,
-        )  # fmt: skip
+        """Wait until a Deployment has rolled out (its new pods Ready), five minutes at most;
+        fail with what its namespace's pods and events say."""
+        try:
+            self.kubectl(
+                "rollout", "status", f"deployment/{deployment}", "-n", namespace,
+                "--timeout=300s", timeout=320,
+            )  # fmt: skip
+        except NodeError as error:
+            raise NodeError(f"{error}\n{self.diagnose(namespace)}") from None
+
+    def diagnose(self, *namespaces: str) -> str:
+        """Why pods in `namespaces` are not Ready: pods, recent events, the logs of every
+        container that is not ready (its previous run's too, where it restarted)."""
+
+        def text(*args: str) -> str:
+            result = self.kubectl(*args, check=False)
+            return (result.stdout + result.stderr).strip()
+
+        out = []
+        for ns in namespaces:
+            events = text("get", "events", "-n", ns, "--sort-by=.lastTimestamp").splitlines()
+            out += [f"--- pods in {ns}", text("get", "pods", "-n", ns, "-o", "wide")]
+            out += [f"--- events in {ns}", *events[-40:]]
+            listing = self.kubectl("get", "pods", "-n", ns, "-o", "json", check=False)
+            pods = json.loads(listing.stdout)["items"] if listing.returncode == 0 else []
+            for pod in pods:
+                for status in pod["status"].get("containerStatuses") or []:
+                    if status.get("ready"):
+                        continue
+                    name, container = pod["metadata"]["name"], status["name"]
+                    logs = ("logs", "-n", ns, name, "-c", container, "--tail=30")
+                    out.append(f"--- {ns}/{name} [{container}]: {status.get('state')}")
+                    if status.get("restartCount"):
+                        out += ["(previous run)", text(*logs, "--previous")]
+                    out.append(text(*logs))
+        return "\n".join(out)
+
+
+def as_input(documents: Sequence[dict[str, Any]]) -> str:
+    """Manifests as kubectl's input: a JSON List, so every string reads back as a string (PyYAML
+    writes `1e-05` bare, which kubectl's YAML 1.2 reads as a number)."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)})
 
 
 class Node:
@@ -143,34 +181,11 @@ class Node:
     # --- helpers -------------------------------------------------------------------------------
 
     def _start(self, name: str, argv: Sequence[str]) -> None:
-        """Start a process in its own session (it outlives us), logging to logs/NAME.log."""
-        with (self.layout.logs / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (self.layout.pids / name).write_text(f"{self.processes[name].pid}\n")
+        self.processes[name] = start_process(self.layout, name, argv)
 
     def _wait(self, what: str, ready: Callable[[], bool], watched: str | None = None) -> None:
         """Poll `ready()`; fail at once, with its log, if the `watched` process exits."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            process = self.processes.get(watched or "")
-            if process is not None and process.poll() is not None:
-                raise NodeError(
-                    f"{watched} exited ({process.returncode}) before {what}:\n"
-                    f"{log_tail(self.layout.logs / f'{watched}.log')}"
-                )
-            try:
-                if ready():
-                    return
-            except (OSError, subprocess.SubprocessError):
-                pass
-            time.sleep(0.2)
-        raise NodeError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for {what}")
+        wait_started(self.layout, what, ready, watched, self.processes.get(watched or ""))
 
     def _running(self, timings: Timings) -> RunningNode:
         return RunningNode(self.layout, self.plan, timings.marks)
@@ -226,6 +241,8 @@ class Node:
         RECORD.write_text(json.dumps({"root": str(layout.root), "plan": vars(self.plan)}))
         host.Sysctls(SAVED_SYSCTLS).enable()
         host.run(["ip", "route", "add", *network.SERVICE_ROUTE])
+        # The guard's cgroup match needs the cgroup to exist when the rule goes in.
+        host.containerd_cgroup().mkdir(exist_ok=True)
         for rule in network.guard_rules(self.plan):
             host.run(["iptables", "-w", *rule])
 
@@ -244,7 +261,11 @@ class Node:
         (self.layout.etc / "cni" / "10-mnist-node.conflist").write_text(
             cni_config(self.layout, self.plan)
         )
-        self._start("containerd", ["containerd", "--config", str(config)])
+        default_hosts = self.layout.registry_hosts / "_default" / "hosts.toml"
+        default_hosts.parent.mkdir(parents=True, exist_ok=True)
+        default_hosts.write_text(default_registry_hosts())
+        argv = ["containerd", "--config", str(config)]
+        self._start("containerd", host.in_cgroup(host.containerd_cgroup(), argv))
         self._wait("containerd to answer", self._succeeds("ctr", "version"), "containerd")
 
     def _import_images(self) -> None:
@@ -417,7 +438,7 @@ class Node:
         left = host.clean(roots, self.plan)
         host.Sysctls(SAVED_SYSCTLS).restore()
         for root in roots:
-            for stale in ("pids", "var"):
+            for stale in ("pids", "var", "gitops"):
                 shutil.rmtree(root / stale, ignore_errors=True)
         RECORD.unlink(missing_ok=True)
         if not left.empty():
@@ -427,6 +448,52 @@ class Node:
     def leftovers(self) -> host.Leftovers:
         """Every trace of a node on this machine right now."""
         return host.leftovers(self.previous_roots(), self.plan)
+
+
+def start_process(
+    layout: Layout, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a node process in its own session (it outlives us), logging to logs/NAME.log.
+
+    `down()` finds it again by its program's path under the node's root, so only programs
+    installed in the node's bin/ and named in `host.NODE_PROGRAMS` may be started this way.
+    """
+    with (layout.logs / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    (layout.pids / name).write_text(f"{process.pid}\n")
+    return process
+
+
+def wait_started(
+    layout: Layout,
+    what: str,
+    ready: Callable[[], bool],
+    name: str | None = None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll `ready()` until it holds; fail at once, with its log, if the node process `name`
+    (started as `process`) exits first, and at `START_TIMEOUT_S` otherwise."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise NodeError(
+                f"{name} exited ({process.returncode}) before {what}:\n"
+                f"{log_tail(layout.logs / f'{name}.log')}"
+            )
+        try:
+            if ready():
+                return
+        except (OSError, subprocess.SubprocessError):
+            pass
+        time.sleep(0.2)
+    raise NodeError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for {what}")
 
 
 def recorded_root() -> Path | None:

@@ -47,13 +47,15 @@ def trial_image_patch(trainer_image: str) -> dict[str, Any]:
     }
 
 
-def operator_kustomization(operator_image: str, trainer_image: str) -> dict[str, Any]:
-    """The overlay over deploy/default (copied beside it as `src/`) with our two images."""
+def operator_kustomization(
+    operator_image: str, trainer_image: str, base: str = "../src/deploy/default"
+) -> dict[str, Any]:
+    """The overlay over deploy/default (by default copied beside it as `src/`) with our images."""
     name, _, tag = operator_image.rpartition(":")
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": ["../src/deploy/default"],
+        "resources": [base],
         "images": [{"name": OPERATOR_IMAGE_NAME, "newName": name, "newTag": tag}],
         "patches": [{"patch": yaml.safe_dump(trial_image_patch(trainer_image))}],
     }
