@@ -207,6 +207,10 @@ def _fit_algorithm(spec: dict[str, Any], draw: st.DrawFn) -> None:
         for extra in ("learningRate", "momentum"):
             search[extra] = {"min": 0.01, "max": 0.5}
             spec.get("fixed", {}).pop(extra, None)
+    if name in ("cmaes", "sobol"):
+        for value in search.values():
+            if value.get("scale") == "log":
+                value["scale"] = "linear"
     if name == "bayesianoptimization":
         for key, value in search.items():
             if "min" in value and key in FLOAT_BOUNDS and value["min"] <= 0:
@@ -340,6 +344,14 @@ def _break(manifest: Manifest, how: str, draw: st.DrawFn) -> Invalid | None:
         spec["search"] = {"learningRate": {"min": 0.01, "max": 0.1}}
         spec.pop("fixed", None)
         return Invalid(manifest, "cmaes", how)
+    if how == "log range with a goptuna algorithm":
+        spec["algorithm"] = {"name": draw(st.sampled_from(["cmaes", "sobol"]))}
+        spec["search"] = {
+            "learningRate": {"min": 0.001, "max": 0.1, "scale": "log"},
+            "momentum": {"min": 0.5, "max": 0.9},
+        }
+        spec.pop("fixed", None)
+        return Invalid(manifest, "learningRate", how)
     if how == "bayesian range from 0":
         spec["algorithm"] = {"name": "bayesianoptimization"}
         name = draw(st.sampled_from(["momentum", "dropout", "weightDecay"]))
@@ -377,6 +389,7 @@ BREAKAGES = (
     "grid range without step",
     "grid smaller than maxTrials",
     "cmaes with one range",
+    "log range with a goptuna algorithm",
     "bayesian range from 0",
     "unknown algorithm",
     "early stopping start step 0",

@@ -185,6 +185,13 @@ ALGORITHM_INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"algorithm": {"name": "cmaes"}, "search": {"learningRate": {"min": 0.01, "max": 0.05}}},
         "algorithm cmaes",
     ),
+    "sobol-with-a-log-range": (
+        {
+            "algorithm": {"name": "sobol"},
+            "search": {"learningRate": {"min": 0.001, "max": 0.1, "scale": "log"}},
+        },
+        "search.learningRate on a log scale",
+    ),
     "bayesian-range-from-0": (
         {
             "algorithm": {"name": "bayesianoptimization"},
@@ -216,6 +223,7 @@ def test_what_an_algorithms_service_would_refuse_is_refused_at_apply_by_its_cel_
         "grid-smaller-than-max-trials": None,
         "cmaes-with-one-range": {"momentum": {"min": 0.5, "max": 0.9}},
         "bayesian-range-from-0": {"momentum": {"min": 0.1, "max": 0.9}},
+        "sobol-with-a-log-range": {"learningRate": {"min": 0.001, "max": 0.1}},
     }[case]
     if fixed is None:
         tuning["spec"]["budget"]["maxTrials"] = 10
@@ -251,7 +259,9 @@ def test_get_prints_our_columns(control_plane: ControlPlane, namespace: str) -> 
     name = manifest["metadata"]["name"]
     control_plane.apply(yaml.safe_dump(manifest))
 
-    # The status the operator would write once Katib reports a finished run.
+    # The status the operator would write once Katib reports a finished run: its search space
+    # exhausted after 3 of 12 trials (an Experiment that says max trials reached at 3 of 12
+    # is one whose budget was just raised, and runs again).
     tuning = parse_tuning(manifest)
     experiment = expand(tuning)
     trials = [f"{experiment['metadata']['name']}-{suffix}" for suffix in ("a1", "b2", "c3")]
@@ -265,10 +275,14 @@ def test_get_prints_our_columns(control_plane: ControlPlane, namespace: str) -> 
                 failed=trials[2:],
             ),
             trials[1],
-            {"learningRate": "0.0312", "momentum": "0.83"},
-            {"accuracy": ("0.91", "0.9712", "0.9712"), "loss": ("0.081", "0.31", "0.081")},
+            # Every digit a float carries, as Katib reports them.
+            {"learningRate": "0.060805291304305564", "momentum": "0.83"},
+            {
+                "accuracy": ("0.91", "0.9712345678", "0.9712345678"),
+                "loss": ("0.08123456", "0.31", "0.08123456"),
+            },
         ),
-        "max-trials",
+        "suggestion-end",
         "2026-01-01T00:10:00Z",
     )
     status = summarize({**experiment, "status": katib_status}, tuning).to_manifest()
@@ -284,9 +298,16 @@ def test_get_prints_our_columns(control_plane: ControlPlane, namespace: str) -> 
         assert printed[1].split()[0] == name
         assert row["PHASE"] == "Succeeded"
         # Best of the objective: max accuracy when maximizing, min loss when minimizing.
-        assert row["BEST"] == {"accuracy": "0.9712", "loss": "0.081"}[tuning.spec.objective.metric]
-        assert row["LEARNING-RATE"] == "0.0312"
+        # Four significant digits in the table; the status keeps the exact values.
+        assert (
+            row["BEST"] == {"accuracy": "0.9712", "loss": "0.08123"}[tuning.spec.objective.metric]
+        )
+        assert row["LEARNING-RATE"] == "0.06081"
         assert row["PROGRESS"] == "3/12"
+    stored = control_plane.run_kubectl("get", "mnt", name, "-n", namespace, "-o", "json").stdout
+    assert json.loads(stored)["status"]["best"]["hyperparameters"]["learningRate"] == (
+        0.060805291304305564
+    )
 
 
 def _words(text: str) -> str:

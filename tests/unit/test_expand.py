@@ -104,7 +104,8 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
     assert spec["parallelTrialCount"] > 0
     assert 0 <= spec["maxFailedTrialCount"] <= spec["maxTrialCount"]
     assert spec["parallelTrialCount"] <= spec["maxTrialCount"]
-    assert spec["resumePolicy"] == "Never"
+    # Raising maxTrials after the run ended must be restartable on Katib (Never refuses it).
+    assert spec["resumePolicy"] == "LongRunning"
     # Objective: every metric has a strategy, the objective is not an additional metric.
     objective = spec["objective"]
     assert objective["type"] in ("minimize", "maximize")

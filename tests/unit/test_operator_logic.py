@@ -159,6 +159,14 @@ def test_a_settled_generation_is_left_alone_and_a_new_one_is_not() -> None:
     assert not is_settled({"phase": "Running", "observedGeneration": 2}, 2)
 
 
+def test_a_settled_tuning_whose_experiment_runs_again_is_not_settled() -> None:
+    # Katib restarted the finished Experiment after a raised maxTrials: follow it again.
+    ended = {"phase": "Succeeded", "observedGeneration": 2}
+    assert not is_settled(ended, 2, "Running")
+    assert is_settled(ended, 2, "Succeeded")
+    assert is_settled({"phase": "Failed", "observedGeneration": 2}, 2, "Failed")
+
+
 def api_error(code: int, message: str, details: dict[str, Any] | None = None) -> ApiException:
     error = ApiException(status=code, reason="x")
     error.body = json.dumps({"message": message, "details": details or {}})

@@ -131,6 +131,14 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
             "bayesianoptimization samples search.dropout on a log scale",
         ),
         (
+            minimal(
+                algorithm={"name": "sobol"},
+                search={"learningRate": {"min": 0.001, "max": 0.1, "scale": "log"}},
+            ),
+            "spec",
+            "algorithms cmaes and sobol cannot search search.learningRate on a log scale",
+        ),
+        (
             minimal(earlyStopping={"rule": "mean"}),
             "spec.earlyStopping.rule",
             "median",

@@ -191,6 +191,36 @@ def test_restarting_is_running() -> None:
     assert summarize(experiment(status), tuning()).phase == "Running"
 
 
+def ended_at_max_trials(max_trials: int, policy: str) -> dict[str, Any]:
+    ended = condition("Succeeded", reason="ExperimentMaxTrialsReached", message="max reached")
+    status = {
+        "conditions": [CREATED, STOPPED, ended],
+        "trialsSucceeded": 4,
+        "completionTime": "2025-11-03T10:09:00Z",
+        "currentOptimalTrial": OPTIMAL,
+    }
+    manifest = experiment(status)
+    manifest["spec"].update(maxTrialCount=max_trials, resumePolicy=policy)
+    return manifest
+
+
+@pytest.mark.parametrize("policy", ["LongRunning", "FromVolume"])
+def test_a_raised_budget_katib_has_not_acted_on_yet_is_running(policy: str) -> None:
+    # The operator patched maxTrialCount 4 -> 6; Katib still says Succeeded until it restarts.
+    result = summarize(ended_at_max_trials(6, policy), tuning())
+    assert result.phase == "Running"
+    assert result.progress == "4/6"
+    assert result.completion_time is None
+    assert result.best is not None
+
+
+@pytest.mark.parametrize(("max_trials", "policy"), [(4, "LongRunning"), (6, "Never")])
+def test_an_experiment_that_will_not_restart_stays_succeeded(max_trials: int, policy: str) -> None:
+    result = summarize(ended_at_max_trials(max_trials, policy), tuning())
+    assert result.phase == "Succeeded"
+    assert result.completion_time == "2025-11-03T10:09:00Z"
+
+
 def test_unavailable_objective_means_no_best_and_other_unavailable_metrics_are_left_out() -> None:
     unavailable = {
         **OPTIMAL,
@@ -261,6 +291,20 @@ def test_status_manifest_has_numbers_as_numbers() -> None:
     assert manifest["best"]["hyperparameters"]["batchSize"] == 64
     assert manifest["trials"]["succeeded"] == 2
     assert "observedGeneration" not in manifest
+
+
+def test_the_printer_columns_get_four_significant_digits_and_the_best_keeps_all() -> None:
+    status = {"conditions": [CREATED, RUNNING], "currentOptimalTrial": OPTIMAL}
+    manifest = summarize(experiment(status), tuning()).to_manifest()
+    assert manifest["shown"] == {"best": "0.9871", "learningRate": "0.02816"}
+    assert manifest["best"]["hyperparameters"]["learningRate"] == 0.028162244250364066
+
+    unsearched = {**OPTIMAL, "parameterAssignments": [{"name": "batchSize", "value": "64"}]}
+    status = {"conditions": [CREATED, RUNNING], "currentOptimalTrial": unsearched}
+    assert summarize(experiment(status, "loss"), tuning("loss")).to_manifest()["shown"] == {
+        "best": "0.0412"
+    }
+    assert "shown" not in summarize(experiment({"conditions": [CREATED]}), tuning()).to_manifest()
 
 
 @pytest.mark.parametrize(

@@ -41,15 +41,15 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {
         "name": "Best",
-        "type": "number",
-        "jsonPath": ".status.best.objectiveValue",
-        "description": "The best trial's objective value.",
+        "type": "string",
+        "jsonPath": ".status.shown.best",
+        "description": "The best trial's objective value, 4 significant digits.",
     },
     {
         "name": "Learning-Rate",
-        "type": "number",
-        "jsonPath": ".status.best.hyperparameters.learningRate",
-        "description": "The best trial's learning rate (when searched).",
+        "type": "string",
+        "jsonPath": ".status.shown.learningRate",
+        "description": "The best trial's learning rate (when searched), 4 significant digits.",
     },
     {
         "name": "Progress",

@@ -157,7 +157,11 @@ def _experiment_spec(tuning: MnistTuning, default_image: str) -> dict[str, Any]:
         "parallelTrialCount": spec.budget.parallel_trials,
         "maxTrialCount": spec.budget.max_trials,
         "maxFailedTrialCount": spec.budget.max_failed_trials,
-        "resumePolicy": "Never",
+        # A finished tuning whose maxTrials is raised runs just the extra trials: Katib restarts
+        # only LongRunning or FromVolume Experiments. LongRunning keeps the suggestion pod, with
+        # the search's memory, at a small pod per finished tuning; FromVolume restores nothing
+        # for optuna or goptuna (their state is in memory) and needs a StorageClass.
+        "resumePolicy": "LongRunning",
         "metricsCollectorSpec": {
             "collector": {"kind": "File"},
             "source": {

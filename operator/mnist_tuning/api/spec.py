@@ -650,6 +650,29 @@ def _log_uniform_rule(name: str) -> Rule:
     )
 
 
+# Katib v0.19.0 serves these with goptuna, whose converter draws every range uniformly whatever
+# its distribution: a log range would be searched differently on a cluster and here.
+UNIFORM_ONLY_ALGORITHMS = ("cmaes", "sobol")
+
+
+def _uniform_only_rule(name: str) -> Rule:
+    return Rule(
+        f"!(self.algorithm.name in {list(UNIFORM_ONLY_ALGORITHMS)}) || !has(self.search.{name}) "
+        f"|| !has(self.search.{name}.scale) || self.search.{name}.scale != 'log'",
+        f"algorithms cmaes and sobol cannot search search.{name} on a log scale: Katib "
+        "v0.19.0's goptuna service draws every range uniformly (it ignores scale log), so "
+        "the cluster would run another search than the local engine; use scale linear with "
+        "a narrower range, or an algorithm that honours log (random, tpe, multivariate-tpe, "
+        "bayesianoptimization)",
+        lambda s: (
+            s.algorithm.name not in UNIFORM_ONLY_ALGORITHMS
+            or not _ranged(s.search, name)
+            or s.search.space(name).scale != "log"
+        ),
+        field_path=f".search.{name}",
+    )
+
+
 ALGORITHM_RULES: tuple[Rule, ...] = (
     *(_grid_step_rule(name) for name in FLOAT_HYPERPARAMETERS),
     Rule(
@@ -677,6 +700,7 @@ ALGORITHM_RULES: tuple[Rule, ...] = (
         field_path=".search",
     ),
     *(_log_uniform_rule(name) for name in FLOAT_HYPERPARAMETERS),
+    *(_uniform_only_rule(name) for name in (*FLOAT_HYPERPARAMETERS, *INT_HYPERPARAMETERS)),
 )
 
 # The API server applies nested defaults only inside objects that exist.
@@ -908,6 +932,34 @@ HYPERPARAMETER_TYPES: dict[str, str] = {
 }
 
 
+SHOWN_DIGITS = 4
+
+
+def significant(value: float) -> str:
+    """`value` at `SHOWN_DIGITS` significant digits: 0.060805291304305564 → 0.06081."""
+    return f"{value:.{SHOWN_DIGITS}g}"
+
+
+class ShownBest(_StatusModel):
+    """The best trial as `kubectl get` prints it: a float's every digit would fill the row."""
+
+    best: str | None = Field(
+        None, max_length=32, description="The best objective value, 4 significant digits."
+    )
+    learning_rate: str | None = Field(
+        None, max_length=32, description="The best learning rate, 4 significant digits."
+    )
+
+    @classmethod
+    def of(cls, best: BestTrial) -> ShownBest:
+        """Round what the printer columns show; `best` itself keeps the exact values."""
+        rate = best.hyperparameters.get("learningRate")
+        return cls(
+            best=None if best.objective_value is None else significant(best.objective_value),
+            learning_rate=significant(rate) if isinstance(rate, float | int) else None,
+        )
+
+
 class MnistTuningStatus(_StatusModel):
     """What the tuning found: the shape of `.status` and of the local engine's status.yaml."""
 
@@ -922,6 +974,9 @@ class MnistTuningStatus(_StatusModel):
     trials: TrialCounts = Field(default_factory=TrialCounts, description="Trials by state.")
     progress: str = Field("0/0", max_length=32, description="Finished trials / maxTrials.")
     best: BestTrial | None = Field(None, description="The best trial so far.")
+    shown: ShownBest | None = Field(
+        None, description="The best trial rounded for the printer columns; `best` is exact."
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,

@@ -17,6 +17,7 @@ from mnist_tuning.api.spec import (
     MnistTuningStatus,
     Objective,
     Phase,
+    ShownBest,
     TrialCounts,
 )
 
@@ -29,6 +30,10 @@ PHASES: dict[str, Phase] = {
     "Failed": "Failed",
 }
 TERMINAL = ("Succeeded", "Failed")
+# Katib restarts an Experiment that ended at maxTrialCount once the count is raised, for these
+# policies only (its webhook refuses the raise under Never).
+RESTARTABLE = ("LongRunning", "FromVolume")
+MAX_TRIALS_REACHED = "ExperimentMaxTrialsReached"
 # Katib counter -> TrialCounts field.
 COUNTERS = {
     "trialsSucceeded": "succeeded",
@@ -61,6 +66,23 @@ def _phase(conditions: list[Mapping[str, Any]]) -> Phase:
     terminal = [c for c in true if c["type"] in TERMINAL]
     chosen = (terminal or true)[-1:] or [{"type": "Created"}]
     return PHASES[str(chosen[0]["type"])]
+
+
+def _restarting(conditions: list[Mapping[str, Any]], spec: Mapping[str, Any], done: int) -> bool:
+    """Tell an Experiment whose raised maxTrialCount Katib has yet to act on.
+
+    Between the raise and Katib's Restarting condition the Experiment still says Succeeded; read
+    as final, that would end the tuning at the old budget.
+    """
+    succeeded = [
+        c for c in conditions if c.get("type") == "Succeeded" and c.get("status") == "True"
+    ]
+    return (
+        bool(succeeded)
+        and succeeded[-1].get("reason") == MAX_TRIALS_REACHED
+        and spec.get("resumePolicy") in RESTARTABLE
+        and done < int(spec.get("maxTrialCount") or 0)
+    )
 
 
 def _conditions(conditions: Iterable[Mapping[str, Any]]) -> list[Condition]:
@@ -142,14 +164,17 @@ def summarize(experiment: Mapping[str, Any], tuning: MnistTuning) -> MnistTuning
     counts = TrialCounts(**{field: int(status.get(key) or 0) for key, field in COUNTERS.items()})
     max_trials = int(spec.get("maxTrialCount") or tuning.spec.budget.max_trials)
     metadata = experiment.get("metadata") or {}
+    restarting = _restarting(conditions, spec, counts.done)
+    best = _best(status.get("currentOptimalTrial") or {}, tuning.spec.objective)
     return MnistTuningStatus(
-        phase=_phase(conditions),
+        phase="Running" if restarting else _phase(conditions),
         experiment=metadata.get("name"),
         seed=_seed(spec, tuning),
         trials=counts,
         progress=f"{counts.done}/{max_trials}",
-        best=_best(status.get("currentOptimalTrial") or {}, tuning.spec.objective),
+        best=best,
+        shown=None if best is None else ShownBest.of(best),
         conditions=_conditions(conditions),
         start_time=status.get("startTime"),
-        completion_time=status.get("completionTime"),
+        completion_time=None if restarting else status.get("completionTime"),
     )

@@ -54,6 +54,7 @@ from mnist_tuning.api.spec import (
     SpecError,
     parse_tuning,
 )
+from mnist_tuning.api.summarize import summarize
 from mnist_tuning.controller import conditions as c
 from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, Kube, refusal
 from mnist_tuning.controller.queue import DelayQueue
@@ -223,11 +224,12 @@ class Operator:
             new = invalid_status(old, message=plan.invalid, generation=plan.generation, at=c.now())
             self._write(body, old, new, on_change=[Event("Warning", c.SPEC_INVALID, plan.invalid)])
             return
-        if is_settled(old, plan.generation):
-            return
         tuning, wanted = plan.tuning, plan.wanted
         name = wanted["metadata"]["name"]
         experiment = next((e for e in mine if e["metadata"]["name"] == name), None)
+        running = None if experiment is None else summarize(experiment, tuning).phase
+        if is_settled(old, plan.generation, running):
+            return
         if experiment is not None and experiment["metadata"].get("deletionTimestamp"):
             raise RetryError(f"Experiment {name} is being deleted", delay=1.0)
         happened: list[Event] = []

@@ -25,13 +25,18 @@ class Event:
     message: str
 
 
-def is_settled(status: Mapping[str, Any], generation: int | None) -> bool:
+def is_settled(
+    status: Mapping[str, Any], generation: int | None, experiment_phase: Phase | None = None
+) -> bool:
     """Tell whether this spec generation already ended (succeeded, failed or was refused).
 
     A settled tuning is left alone: nothing is recreated after an operator restart, an
-    upgrade that changes the default trainer image, or a deleted finished Experiment.
+    upgrade that changes the default trainer image, or a deleted finished Experiment. One
+    whose Experiment (`experiment_phase`, when there is one) runs again is not settled: Katib
+    restarted it after a raised maxTrials, and its status must follow.
     """
-    return status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
+    ended = status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
+    return ended and (experiment_phase is None or experiment_phase in TERMINAL)
 
 
 def katib_found(generation: int | None) -> Condition:
