@@ -4,10 +4,12 @@ Applies deploy/samples/quick.yaml (4 one-epoch trials, 2 at a time) to a single-
 with Katib v0.19.0, our two images and the operator (the node `make katib-cluster` runs, or one
 started here in a temporary directory and stopped at the end) and prints:
 
-- the time from `kubectl apply` to the first trial pod running;
+- the time from `kubectl apply` to the first trial pod running, and the part of it that is
+  Katib's suggestion readiness probe (its 10 s initial delay, not ours to shorten);
 - per trial, the Trial's wall time (Katib's start to completion) against the trainer
   container's own run time: the difference is what Katib adds per trial (Job, pod, sidecar,
   metrics collection, database);
+- the median trainer run time in a pod against the median trial process locally;
 - the whole tuning's wall time against `mnist-tuning run -f` of the same file, run right after
   in this process tree on the same data (the baseline), as a ratio.
 
@@ -41,6 +43,7 @@ from providers import E2ECluster, watching_pods  # noqa: E402
 
 NAMESPACE = "bench-katib"
 TRIAL_LABEL = "katib.kubeflow.org/trial"
+SUGGESTION_LABEL = "katib.kubeflow.org/suggestion"
 DEADLINE_S = 40 * 60
 
 
@@ -119,17 +122,45 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
                 "trainer_s": seconds_between(done["startedAt"], done["finishedAt"]),
             }
         )
+    readiness = suggestion_readiness(target.items("pods", NAMESPACE))
     target.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
     return {
         "wall": wall,
         "first_running": first_running[0],
+        "suggestion_readiness": readiness,
         "status": final["status"],
         "trials": trials,
     }
 
 
-def locally(manifest_file: Path, data_dir: Path) -> tuple[float, dict[str, Any]]:
-    """`mnist-tuning run -f` of the same file: wall time and final status."""
+def suggestion_readiness(pods: list[dict[str, Any]]) -> float | None:
+    """Seconds from the suggestion container's start to its pod's Ready: Katib's probe delay."""
+    for pod in pods:
+        if SUGGESTION_LABEL not in pod["metadata"].get("labels", {}):
+            continue
+        status = pod["status"]
+        [ready] = [c for c in status["conditions"] if c["type"] == "Ready"]
+        started = min(s["state"]["running"]["startedAt"] for s in status["containerStatuses"])
+        return seconds_between(started, ready["lastTransitionTime"])
+    return None
+
+
+def local_trials(workdir: Path) -> list[float]:
+    """Each local trial's seconds from its draw to its result, from the engine's Optuna study."""
+    import optuna  # the local engine's own storage
+
+    storage = f"sqlite:///{workdir / 'study.db'}"
+    [name] = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [
+        (trial.datetime_complete - trial.datetime_start).total_seconds()
+        for trial in study.trials
+        if trial.datetime_start and trial.datetime_complete
+    ]
+
+
+def locally(manifest_file: Path, data_dir: Path) -> tuple[float, dict[str, Any], list[float]]:
+    """`mnist-tuning run -f` of the same file: wall time, final status, each trial's time."""
     with tempfile.TemporaryDirectory(prefix="bench-local-") as workdir:
         command = [
             str(REPO / ".venv" / "bin" / "mnist-tuning"), "run", "-f", str(manifest_file),
@@ -138,7 +169,8 @@ def locally(manifest_file: Path, data_dir: Path) -> tuple[float, dict[str, Any]]
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - started
-        return wall, yaml.safe_load((Path(workdir) / "status.yaml").read_text())
+        status = yaml.safe_load((Path(workdir) / "status.yaml").read_text())
+        return wall, status, local_trials(Path(workdir))
 
 
 def main() -> int:
@@ -154,8 +186,11 @@ def main() -> int:
     )
     with cluster(args.dir, args.data_dir) as target:
         run = on_cluster(target, manifest)
-    local_wall, local_status = locally(SAMPLE, args.data_dir)
+    local_wall, local_status, local_trial_s = locally(SAMPLE, args.data_dir)
     print(f"apply → first trial pod running: {run['first_running']:.1f} s")
+    readiness = run["suggestion_readiness"]
+    if readiness is not None:
+        print(f"  of which Katib's suggestion readiness (start → Ready): {readiness:.0f} s")
     print(f"{'trial':<28} {'trial wall s':>12} {'trainer s':>10} {'Katib adds s':>13}")
     for trial in sorted(run["trials"], key=lambda t: t["trial"]):
         overhead = trial["trial_s"] - trial["trainer_s"]
@@ -165,6 +200,12 @@ def main() -> int:
         )
     overheads = [t["trial_s"] - t["trainer_s"] for t in run["trials"]]
     print(f"median per-trial overhead of Katib: {statistics.median(overheads):.0f} s")
+    in_pod = statistics.median(t["trainer_s"] for t in run["trials"])
+    local_trial = statistics.median(local_trial_s)
+    print(
+        f"median trainer in a pod {in_pod:.0f} s, median trial locally {local_trial:.1f} s: "
+        f"{in_pod / local_trial:.2f}x"
+    )
     best, local_best = run["status"].get("best") or {}, local_status.get("best") or {}
     print(
         f"on Katib: {run['status']['phase']} in {run['wall']:.0f} s, best accuracy "

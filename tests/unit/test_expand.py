@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mnist_trainer.cli import parse
 from mnist_tuning.api.expand import (
     LABEL_TUNING,
     METRICS_FILE_PATH,
+    TRAINER_COMMAND,
     budget_of,
     expand,
     experiment_name,
+    quantity,
     resolve_seed,
 )
 from mnist_tuning.api.spec import ALGORITHMS, grid_size, parse_tuning
@@ -262,3 +266,49 @@ def test_early_stopping_is_medianstop_with_katibs_defaults_written_out() -> None
         {"name": "min_trials_required", "value": "2"},
         {"name": "start_step", "value": "1"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("resources", "threads"),
+    [
+        (None, 1),
+        ({"limits": {"memory": "1Gi"}}, 1),
+        ({"requests": {"cpu": "500m"}}, 1),
+        ({"requests": {"cpu": "2"}}, 2),
+        ({"requests": {"cpu": "1500m"}}, 2),
+        ({"requests": {"cpu": 1}, "limits": {"cpu": "3"}}, 3),
+        ({"limits": {"cpu": "2.5", "memory": "1Gi"}}, 3),
+    ],
+)
+def test_each_trainer_takes_as_many_threads_as_its_cpu_share(
+    resources: dict[str, Any] | None, threads: int
+) -> None:
+    trial = {"trial": {"resources": resources}} if resources else {}
+    experiment = expand(parse_tuning(manifest(**trial)))
+    pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    assert command[: len(TRAINER_COMMAND)] == list(TRAINER_COMMAND)
+    # What Katib hands the trainer once it has put a trial's values in.
+    args = [
+        re.sub(r"\$\{trialParameters\.\w+\}", "0.01", arg)
+        for arg in command[len(TRAINER_COMMAND) :]
+    ]
+    assert parse(args)[1].threads == threads
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [
+        ("500m", "0.5"),
+        ("2", "2"),
+        (3, "3"),
+        ("1.5e3", "1500"),
+        ("1E3", "1000"),
+        ("2E", "2e18"),
+        ("1Ki", "1024"),
+        ("250u", "0.00025"),
+        ("+1.5k", "1500"),
+    ],
+)
+def test_a_quantity_reads_as_kubernetes_reads_it(written: int | str, value: str) -> None:
+    assert quantity(written) == Decimal(value)

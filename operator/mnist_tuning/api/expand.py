@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from mnist_tuning.api.spec import (
@@ -23,6 +25,7 @@ from mnist_tuning.api.spec import (
     FloatSpace,
     IntSpace,
     MnistTuning,
+    Trial,
 )
 
 KATIB_API_VERSION = "kubeflow.org/v1beta1"
@@ -49,6 +52,22 @@ DEFAULT_NAMESPACE = "default"
 MEDIANSTOP = "medianstop"
 MEDIANSTOP_MIN_TRIALS = "min_trials_required"
 MEDIANSTOP_START_STEP = "start_step"
+# Quantity suffixes as Kubernetes reads them: decimal powers of ten, binary powers of two.
+_DECIMAL_SUFFIXES = {
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "": 0,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
+# The trainer's --threads accepts up to this many.
+MAX_THREADS = 1024
+_BINARY_SUFFIXES = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 
 
 def resolve_seed(tuning: MnistTuning) -> int:
@@ -83,6 +102,33 @@ def _parameter(name: str, space: FloatSpace[Any] | IntSpace[Any] | ChoiceSpace) 
     return {"name": name, "parameterType": kind, "feasibleSpace": feasible}
 
 
+def quantity(value: int | str) -> Decimal:
+    """Read a Kubernetes quantity as a number: "500m" is 0.5, "1.5e3" 1500, "1Ki" 1024."""
+    if isinstance(value, int):
+        return Decimal(value)
+    number = value.rstrip("".join({*_DECIMAL_SUFFIXES, *"".join(_BINARY_SUFFIXES)}))
+    suffix = value[len(number) :]
+    if suffix in _BINARY_SUFFIXES:
+        return Decimal(number) * Decimal(2) ** _BINARY_SUFFIXES[suffix]
+    # No suffix covers an exponent too ("1e3", "2.5E-1": a digit ends them).
+    return Decimal(number).scaleb(_DECIMAL_SUFFIXES[suffix])
+
+
+def trainer_threads(trial: Trial) -> int:
+    """CPU threads for each trainer: its CPU limit, else its CPU request, rounded up; else 1.
+
+    A pod sees every core of its node, so a trainer left to itself takes a thread per core,
+    and trials sharing a node wait for each other's time slices. Its CPU share is all it
+    should take; with no share given, one thread (MNIST's small network gains little from
+    more, and `parallelTrials` trials may share a node).
+    """
+    resources = trial.resources
+    for given in (resources.limits, resources.requests) if resources else ():
+        if given and "cpu" in given:
+            return min(MAX_THREADS, max(1, math.ceil(quantity(given["cpu"]))))
+    return 1
+
+
 def _command(tuning: MnistTuning, seed: int) -> list[str]:
     search = tuning.spec.search
     fixed = tuning.spec.fixed.values()
@@ -97,6 +143,7 @@ def _command(tuning: MnistTuning, seed: int) -> list[str]:
         *TRAINER_COMMAND,
         *args,
         f"--seed={seed}",
+        f"--threads={trainer_threads(tuning.spec.trial)}",
         f"--data-dir={TRAINER_DATA_DIR}",
         f"--metrics-file={METRICS_FILE_PATH}",
     ]

@@ -535,7 +535,13 @@ class Trial(_Model):
     image_pull_secrets: list[SecretRef] | None = Field(
         None, max_length=16, description="Secrets for pulling a private trainer image."
     )
-    resources: Resources | None = Field(None, description="Requests and limits of the trainer.")
+    resources: Resources | None = Field(
+        None,
+        description="Requests and limits of the trainer. Its CPU limit, else its CPU request, "
+        "rounded up, is its number of threads; one without either, so that trials sharing a "
+        'node do not fight over its cores. Ask for e.g. {requests: {cpu: "2"}} to give each '
+        "trial two cores and let the scheduler place trials by them.",
+    )
     timeout_seconds: int = Field(
         DEFAULT_TIMEOUT_SECONDS,
         ge=1,

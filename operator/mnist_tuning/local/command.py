@@ -18,7 +18,7 @@ from mnist_tuning.api.expand import METRICS_FILE_PATH
 
 PYTHON_NAMES = ("python", "python3")
 DATA_DIR_FLAG = "--data-dir"
-# A pod's trainer sizes its thread pool from its CPU limit; local trials share the cores.
+# A pod's trainer takes the threads of its CPU share (expand); local trials split the cores.
 THREADS_FLAG = "--threads"
 
 
