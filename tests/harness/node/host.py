@@ -340,10 +340,13 @@ def _kill_cgroup_members() -> None:
     """SIGKILL every process left in a kubepods cgroup: containers whose shim is gone."""
     for hierarchy in kubepods_cgroups():
         for cgroup in _cgroup_tree(hierarchy):
-            with contextlib.suppress(FileNotFoundError):
-                for pid in (cgroup / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+            try:
+                pids = (cgroup / "cgroup.procs").read_text().split()
+            except OSError:  # being removed: ENOENT, or ENODEV once the kernel let it go
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
 
 
 def _remove_cgroups() -> None:
