@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +39,12 @@ from launcher import DEFAULT_BIN_DIR, wait_for  # noqa: E402  # the harness the 
 from node import katib, product  # noqa: E402
 from node.node import Node, read_running  # noqa: E402
 from providers import E2ECluster, watching_pods  # noqa: E402
+from tunings import seconds_between  # noqa: E402
 
 NAMESPACE = "bench-katib"
 TRIAL_LABEL = "katib.kubeflow.org/trial"
 SUGGESTION_LABEL = "katib.kubeflow.org/suggestion"
 DEADLINE_S = 40 * 60
-
-
-def seconds_between(start: str, end: str) -> float:
-    """Seconds between two RFC 3339 timestamps of the API server."""
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 @contextmanager

@@ -107,3 +107,12 @@ def e2e_cluster(
         pytest.skip("the e2e tier needs a Docker engine (kind) or root (our node)")
     node = request.getfixturevalue("katib_node")
     return on_node(node, request.getfixturevalue("mnist_root"))
+
+
+@pytest.fixture(scope="module")
+def namespaces(e2e_cluster: E2ECluster) -> Iterator[list[str]]:
+    """The namespaces this module made (appended by the scenarios); deleted at its end."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        e2e_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
