@@ -85,7 +85,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
 
         def ended() -> bool:
             if not first_running and any(
-                p.get("status", {}).get("phase") == "Running" for p in pods.pods().values()
+                p.get("status", {}).get("phase") == "Running" for p in pods.latest().values()
             ):
                 first_running.append(time.perf_counter() - applied)
             phase = (target.get("mnisttuning", name, NAMESPACE).get("status") or {}).get("phase")
@@ -93,7 +93,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
 
         wait_for(f"MnistTuning {name} to end", ended, DEADLINE_S)
         wall = time.perf_counter() - applied
-        seen = pods.pods()
+        seen = pods.latest()
     final = target.get("mnisttuning", name, NAMESPACE)
     trials = []
     for trial in target.items("trials", NAMESPACE):
