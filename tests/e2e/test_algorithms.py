@@ -46,6 +46,9 @@ SEEDS = {"random": 3, "tpe": 3, "multivariate-tpe": 1, "bayesianoptimization": 8
 # Run first (six trainers each); the rest once they ended, so that the node's two cores never
 # hold more than about a dozen trainers.
 FIRST_WAVE = ("random", "tpe")
+# The first test waits for both waves (about seven minutes on our node), and for the session's
+# cluster when this module runs first: a cold build of both images included.
+pytestmark = pytest.mark.timeout(60 * 60)
 
 
 def algorithm_tuning(algorithm: str, namespace: str) -> dict[str, Any]:
