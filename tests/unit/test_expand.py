@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mnist_trainer.cli import parse
+from mnist_trainer.cli import EXIT_DIVERGED, EXIT_USAGE, parse
 from mnist_tuning.api.expand import (
     LABEL_TUNING,
     METRICS_FILE_PATH,
+    PRIMARY_CONTAINER,
     TRAINER_COMMAND,
+    TRIAL_POD_RETRIES,
     budget_of,
     expand,
     experiment_name,
@@ -160,7 +162,7 @@ def test_every_valid_spec_expands_to_an_experiment_katib_accepts(manifest: dict[
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert "name" not in job.get("metadata", {})
     assert "namespace" not in job.get("metadata", {})
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["backoffLimit"] == TRIAL_POD_RETRIES
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]
@@ -294,6 +296,53 @@ def test_each_trainer_takes_as_many_threads_as_its_cpu_share(
         for arg in command[len(TRAINER_COMMAND) :]
     ]
     assert parse(args)[1].threads == threads
+
+
+COLLECTOR = "metrics-logger-and-collector"  # the container Katib injects beside ours
+
+
+def policy_action(policy: dict[str, Any], exits: dict[str, int], conditions: set[str]) -> str:
+    """What a Job does with a failed pod, read as the Job controller reads `podFailurePolicy`.
+
+    The first rule that matches decides; a pod no rule matches counts against backoffLimit.
+    `exits` holds each container's exit status, `conditions` the pod's True conditions.
+    """
+    for rule in policy["rules"]:
+        if "onPodConditions" in rule:
+            if any(wanted["type"] in conditions for wanted in rule["onPodConditions"]):
+                return str(rule["action"])
+            continue
+        codes = rule["onExitCodes"]
+        named = codes.get("containerName")
+        for container, code in exits.items():
+            if named not in (None, container) or code == 0:
+                continue
+            if (code in codes["values"]) == (codes["operator"] == "In"):
+                return str(rule["action"])
+    return "Count"
+
+
+@pytest.mark.parametrize(
+    ("exits", "conditions", "action"),
+    [
+        # The trial's own failures: run again, they fail again.
+        ({PRIMARY_CONTAINER: EXIT_DIVERGED, COLLECTOR: 0}, set(), "FailJob"),
+        ({PRIMARY_CONTAINER: EXIT_USAGE, COLLECTOR: 0}, set(), "FailJob"),
+        ({PRIMARY_CONTAINER: 137, COLLECTOR: 0}, set(), "FailJob"),  # out of memory
+        ({PRIMARY_CONTAINER: 143, COLLECTOR: 0}, set(), "FailJob"),  # stopped early by Katib
+        # Katib's part failed after the trainer finished: run again, within the retries.
+        ({PRIMARY_CONTAINER: 0, COLLECTOR: 255}, set(), "Count"),
+        # Evicted or preempted mid-epoch: run again, not counted.
+        ({PRIMARY_CONTAINER: 143, COLLECTOR: 2}, {"DisruptionTarget"}, "Ignore"),
+    ],
+)
+def test_a_trial_pod_runs_again_only_when_the_trial_is_not_to_blame(
+    exits: dict[str, int], conditions: set[str], action: str
+) -> None:
+    job = expand(parse_tuning(manifest()))["spec"]["trialTemplate"]["trialSpec"]["spec"]
+    assert job["backoffLimit"] == TRIAL_POD_RETRIES > 0
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # the policy requires it
+    assert policy_action(job["podFailurePolicy"], exits, conditions) == action
 
 
 @pytest.mark.parametrize(

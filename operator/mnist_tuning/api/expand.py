@@ -44,6 +44,9 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/mnist-tuning/mnist-trainer:0.1.0"
 PRIMARY_CONTAINER = "training-container"
 JOB_SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 JOB_FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+# Pods a trial may lose to faults that are not its own (its collector could not reach Katib's
+# DB manager, ...) before the trial fails; evicted and preempted pods are not counted at all.
+TRIAL_POD_RETRIES = 2
 MAX_EXPERIMENT_NAME = 40
 HASH_LENGTH = 6
 BUDGET_FIELDS = ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
@@ -149,6 +152,31 @@ def _command(tuning: MnistTuning, seed: int) -> list[str]:
     ]
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """Run a trial's pod again only when the trial is not to blame for its failure.
+
+    The trainer's own exit status is its verdict: 2 for a bad flag, 3 for a diverged loss,
+    137 for running out of memory, 143 for being ended by Katib's early stopping; the same
+    trial would fail the same way again, so its Job fails at once. A pod evicted, preempted
+    or drained (Kubernetes marks it `DisruptionTarget`) runs again without counting. Any
+    other failure, a trainer that finished but whose metrics collector could not report,
+    counts against `TRIAL_POD_RETRIES`.
+    """
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": PRIMARY_CONTAINER,
+                    "operator": "NotIn",
+                    "values": [0],
+                },
+            },
+        ]
+    }
+
+
 def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
     trial = tuning.spec.trial
     container: dict[str, Any] = {
@@ -169,7 +197,8 @@ def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
         "apiVersion": "batch/v1",
         "kind": "Job",
         "spec": {
-            "backoffLimit": 0,
+            "backoffLimit": TRIAL_POD_RETRIES,
+            "podFailurePolicy": pod_failure_policy(),
             "activeDeadlineSeconds": trial.timeout_seconds,
             "template": {
                 "metadata": {"labels": {LABEL_TUNING: tuning.metadata.name}},
