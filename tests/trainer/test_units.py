@@ -51,6 +51,21 @@ def test_a_long_run_keeps_every_report(tmp_path: Path) -> None:
     assert all(isinstance(s, int) for s in stamps)
 
 
+def test_a_reader_following_the_file_from_the_start_sees_every_report(tmp_path: Path) -> None:
+    # Katib's collector, with early stopping on, follows the file as `tail -f` does: from
+    # the file it opened when it started, so a report must grow that file, not replace it.
+    path = tmp_path / "m.json"
+    reporter = MetricsReporter(path)
+    with path.open() as follower:
+        for epoch in (1, 2, 3):
+            reporter.report(epoch, {"accuracy": 0.1 * epoch, "loss": 1.0})
+        seen = [json.loads(line) for line in follower.read().splitlines()]
+    assert [(r["global_step"], r.get("accuracy")) for r in seen[::2]] == [
+        ("1", "0.1"), ("2", "0.2"), ("3", "0.30000000000000004"),
+    ]  # fmt: skip
+    assert len(seen) == 6
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_values_are_never_written(tmp_path: Path, bad: float) -> None:
     path = tmp_path / "m.json"

@@ -2,30 +2,28 @@
 
 cloudml-hypertune 0.1.0.dev6 writes one JSON object per report and per line, with the
 value as a string (`{"accuracy": "0.98", "global_step": "1", "timestamp": 1.7e9, ...}`),
-which is what Katib's JSON parser reads. Three of its habits do not fit Katib, and
+which is what Katib's JSON parser reads. Two of its habits do not fit Katib, and
 `KatibHyperTune` corrects them while keeping its record format:
 
-- It keeps only the newest 100 reports and rewrites the file from them, so a run with
-  more than 49 epochs would lose its first epochs before Katib reads the file. The
-  queue here holds every report of the run.
+- It rewrites the whole file from its newest 100 reports at every report. A run with more
+  than 49 epochs would lose its first epochs before Katib reads the file; and Katib's
+  collector, when early stopping is on, follows the file from the moment it starts, as
+  `tail -f` does, so it never sees what a rewrite puts in. Here each report is appended,
+  one whole line in one `write` to a file opened for appending: the file only grows, a
+  follower sees every line, and a line is never torn.
 - Its timestamp is `time.time()`; Katib reads the digits after the decimal point of a
   numeric timestamp as nanoseconds (`.5` is 5 ns, `.123456` is 123456 ns), so two
   epochs within one second can come out in the wrong order and spoil Katib's `latest`.
   Timestamps here are whole seconds, and a later step always gets a later second.
-- It rewrites the file in place; an interrupted write leaves a torn line, and one
-  unparsable line makes Katib's collector give up on the whole file. Here the file is
-  replaced atomically.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from hypertune import HyperTune
 
@@ -46,7 +44,7 @@ def katib_timestamp(now: float, step: int, previous: tuple[int, int] | None) -> 
 
 
 class KatibHyperTune(HyperTune):  # type: ignore[misc]  # hypertune ships no type hints
-    """hypertune's reporter with a full-run queue, ordered timestamps and atomic writes."""
+    """hypertune's reporter with ordered timestamps, appending each report to the file."""
 
     def __init__(self, path: Path) -> None:
         # hypertune reads its path from the environment (and makes the directory itself);
@@ -60,20 +58,21 @@ class KatibHyperTune(HyperTune):  # type: ignore[misc]  # hypertune ships no typ
                 del os.environ[METRICS_FILE_ENV]
             else:
                 os.environ[METRICS_FILE_ENV] = previous
-        self.metrics_queue: collections.deque[dict[str, Any]] = collections.deque()
         self._previous: tuple[int, int] | None = None
 
     def _dump_metrics_to_file(self) -> None:
-        """Fix the newest record's timestamp, then replace the file in one step."""
+        """Fix the newest record's timestamp, then append it as one line in one write."""
         newest = self.metrics_queue[-1]
         step = int(newest["global_step"])
         newest["timestamp"] = katib_timestamp(newest["timestamp"], step, self._previous)
         self._previous = (step, newest["timestamp"])
-        partial = Path(self.metric_path + ".partial")
-        partial.write_text(
-            "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics_queue)
-        )
-        partial.replace(self.metric_path)
+        line = (json.dumps(newest, sort_keys=True) + "\n").encode()
+        descriptor = os.open(self.metric_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(descriptor, line) != len(line):
+                raise OSError(f"{self.metric_path}: a report was cut short (is the disk full?)")
+        finally:
+            os.close(descriptor)
 
 
 class NonFiniteMetricError(ValueError):
