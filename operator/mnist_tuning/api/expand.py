@@ -46,7 +46,9 @@ JOB_SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 JOB_FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 # Pods a trial may lose to faults that are not its own (its collector could not reach Katib's
 # DB manager, ...) before the trial fails; evicted and preempted pods are not counted at all.
-TRIAL_POD_RETRIES = 2
+# With the Job's backoff (10 s, 20 s, 40 s) between them, three cover a minute or more of a
+# MySQL and DB manager coming back (on our node, that once took both of two).
+TRIAL_POD_RETRIES = 3
 MAX_EXPERIMENT_NAME = 40
 HASH_LENGTH = 6
 BUDGET_FIELDS = ("maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
