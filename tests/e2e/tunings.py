@@ -9,9 +9,12 @@ from typing import Any
 
 from kindcluster import KATIB_INJECTION_LABEL, small_tuning
 from launcher import wait_for
+from mnist_tuning.api.expand import PRIMARY_CONTAINER
 from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
 from providers import E2ECluster
 
+# Katib's label on every pod of a trial: the trial's name.
+TRIAL_LABEL = "katib.kubeflow.org/trial"
 # A few one-epoch trials side by side on two cores, plus Katib's per-trial start-up.
 TUNING_DEADLINE_S = 20 * 60
 # Polled every two seconds: each poll is a kubectl process, on the cores the trials train on.
@@ -107,3 +110,12 @@ def as_number(cell: str) -> float | None:
         return float(cell)
     except ValueError:
         return None
+
+
+def trainer_exit(pod: dict[str, Any]) -> int | None:
+    """The exit status of a trial pod's trainer; None while it has not ended."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container["name"] == PRIMARY_CONTAINER:
+            ended = container["state"].get("terminated")
+            return None if ended is None else int(ended["exitCode"])
+    return None

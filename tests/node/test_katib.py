@@ -2,9 +2,9 @@
 
 The trial here is a few lines of Python in the node's Debian test image that writes one metric
 in the JSON-lines format our trainer writes; Katib's own sidecar collects it, its DB manager
-stores it, and a suggestion service suggests the values: our stand-in for Katib's Python
-services for `random`, `tpe`, `grid`, `multivariate-tpe` and `bayesianoptimization`
-(tests/harness/katib_services), Katib's goptuna for `cmaes` and `sobol`.
+stores it, and the suggestion service for `random` (our stand-in for Katib's Python services,
+tests/harness/katib_services) suggests the values; the early-stopping stand-in stops trials.
+Every algorithm runs with our trainer through the operator in tests/e2e/test_algorithms.py.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def conditions(node: RunningNode, namespace: str, name: str) -> dict[str, str]:
     return {c["type"]: c["status"] for c in status.get("conditions", [])}
 
 
-def test_katib_runs_an_experiment_with_its_sidecar_db_and_goptuna(
+def test_katib_runs_an_experiment_with_its_sidecar_db_and_suggestion_service(
     katib: RunningNode, katib_namespace: str
 ) -> None:
     script = {
@@ -175,19 +175,6 @@ def test_katibs_validating_webhook_refuses_an_impossible_experiment(
     assert katib.kubectl("get", "experiments", "-n", katib_namespace, "-o", "name").stdout == ""
 
 
-# Our trainer's command line, answered in our trainer's metrics format: what an Experiment that
-# expand() renders runs, without the PyTorch image.
-STAND_IN_TRAINER = (
-    "import json, os, sys, time\n"
-    "flags = dict(a.removeprefix('--').split('=', 1) for a in sys.argv[1:])\n"
-    "lr, momentum = float(flags['learning-rate']), float(flags['momentum'])\n"
-    "accuracy = 1 - abs(lr - 0.05) - abs(momentum - 0.9) / 10\n"
-    "with open(flags['metrics-file'], 'w') as metrics:\n"
-    "    metrics.write(json.dumps({'accuracy': str(accuracy), 'loss': str(1 - accuracy),\n"
-    "                              'timestamp': time.time()}) + '\\n')\n" + WAIT_FOR_COLLECTOR
-)
-
-
 def run_rendered(
     katib: RunningNode, namespace: str, manifest: dict[str, Any], trainer_script: str
 ) -> dict[str, Any]:
@@ -247,35 +234,6 @@ def run_rendered(
         )
         raise AssertionError(f"{json.dumps(final['status'], indent=1)}\n{trials}\n{pods}")
     return final
-
-
-@pytest.mark.parametrize(
-    "algorithm", ["tpe", "grid", "multivariate-tpe", "bayesianoptimization", "cmaes", "sobol"]
-)
-def test_katib_runs_the_experiment_expand_renders_for_a_sample_algorithm(
-    katib: RunningNode, katib_namespace: str, algorithm: str
-) -> None:
-    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "samples" / f"{algorithm}.yaml").read_text())
-    manifest["spec"]["budget"] = {"maxTrials": 2, "parallelTrials": 2, "maxFailedTrials": 0}
-    final = run_rendered(katib, katib_namespace, manifest, STAND_IN_TRAINER)
-    assert final["status"]["trialsSucceeded"] == 2
-    best = final["status"]["currentOptimalTrial"]
-    values = {
-        p["name"]: float(p["value"])
-        for p in best["parameterAssignments"]
-        if p["name"] in ("learningRate", "momentum")
-    }
-    search = manifest["spec"]["search"]
-    for parameter in ("learningRate", "momentum"):
-        space = search[parameter]
-        if "values" in space:
-            assert values[parameter] in space["values"]
-        else:
-            assert space["min"] <= values[parameter] <= space["max"]
-    metrics = {m["name"]: float(m["latest"]) for m in best["observation"]["metrics"]}
-    expected = 1 - abs(values["learningRate"] - 0.05) - abs(values["momentum"] - 0.9) / 10
-    assert metrics["accuracy"] == pytest.approx(expected)
-    assert metrics["loss"] == pytest.approx(1 - expected)
 
 
 # Our trainer's flags and metrics over several epochs, one report a second and a half: the first
