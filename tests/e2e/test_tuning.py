@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from kindcluster import KATIB_INJECTION_LABEL, small_tuning, table_row
+from mnist_trainer.cli import EXIT_DIVERGED
 from mnist_tuning.api.expand import PRIMARY_CONTAINER
 from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
 from providers import E2ECluster, containers_of, watching_pods
 from tunings import (
+    TRIAL_LABEL,
     applied,
     as_number,
     best_from_katib,
@@ -30,12 +33,12 @@ from tunings import (
     new_namespace,
     status,
     the_experiment,
+    trainer_exit,
     wait_for_end,
     wait_until,
 )
 from watch import Watch
 
-TRIAL_LABEL = "katib.kubeflow.org/trial"
 SIDECAR = "metrics-logger-and-collector"
 OPERATOR_SELECTOR = f"app.kubernetes.io/name={OPERATOR_DEPLOYMENT}"
 STEP_DEADLINE_S = 5 * 60
@@ -154,12 +157,17 @@ def test_diverging_trials_are_counted_as_katib_counts_them_and_fail_the_tuning(
     manifest["spec"]["fixed"] = {
         "epochs": 1, "batchSize": 64, "momentum": 0.0, "weightDecay": 1.0, "optimizer": "sgd",
     }  # fmt: skip
-    e2e_cluster.apply(manifest)
-
-    final = wait_for_end(e2e_cluster, "diverge", namespace)
+    with watching_pods(e2e_cluster, namespace, TRIAL_LABEL) as pods:
+        e2e_cluster.apply(manifest)
+        final = wait_for_end(e2e_cluster, "diverge", namespace)
 
     got = final["status"]
     assert got["phase"] == "Failed", yaml.safe_dump(got)
+    # A diverged trial is not run again: one pod each, its trainer's exit status the verdict.
+    seen = pods.latest().values()
+    per_trial = Counter(pod["metadata"]["labels"][TRIAL_LABEL] for pod in seen)
+    assert set(per_trial.values()) == {1}, per_trial
+    assert {trainer_exit(pod) for pod in seen} == {EXIT_DIVERGED}
     experiment = experiment_of(e2e_cluster, final)
     katib = katib_counts(experiment)
     assert katib["failed"] + katib["metricsUnavailable"] >= 1
