@@ -60,7 +60,7 @@ WAVES = (
 EARLY_STOPPING = "early-stopping"
 ES_EPOCHS = 3
 HOPELESS_RATE = 0.00001
-# The first test waits for both waves (about seven minutes on our node), and for the session's
+# The first test waits for every wave (about ten minutes on our node), and for the session's
 # cluster when this module runs first: a cold build of both images included.
 pytestmark = pytest.mark.timeout(60 * 60)
 
@@ -68,8 +68,8 @@ pytestmark = pytest.mark.timeout(60 * 60)
 def algorithm_tuning(algorithm: str, namespace: str) -> dict[str, Any]:
     """A small tuning for `algorithm`: a log learning-rate range wherever the algorithm takes one.
 
-    No CPU request: every trial then trains on one thread (expand), and the node's two cores
-    can hold all of these tunings' trials at once.
+    No CPU request: every trial then trains on one thread (expand), so a wave's trainers
+    share the node's two cores without fighting over threads.
     """
     search: dict[str, Any] = {"learningRate": LOG_RANGE, "momentum": {"min": 0.5, "max": 0.9}}
     trials, parallel = LOG_DRAWS, 2
@@ -162,16 +162,11 @@ def runs(e2e_cluster: E2ECluster, namespaces: list[str]) -> Runs:
     return Runs(finals, pods)
 
 
-@pytest.fixture(scope="module")
-def ended(runs: Runs) -> dict[str, dict[str, Any]]:
-    return runs.finals
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_algorithm_succeeds_with_its_best_in_range_and_equal_to_katibs(
-    e2e_cluster: E2ECluster, ended: dict[str, dict[str, Any]], algorithm: str
+    e2e_cluster: E2ECluster, runs: Runs, algorithm: str
 ) -> None:
-    final = ended[algorithm]
+    final = runs.finals[algorithm]
     got = final["status"]
     assert got["phase"] == "Succeeded", got
     assert counts(final)["succeeded"] == final["spec"]["budget"]["maxTrials"]
@@ -189,9 +184,9 @@ def test_each_algorithm_succeeds_with_its_best_in_range_and_equal_to_katibs(
     "algorithm", [a for a in ALGORITHMS if a not in (*UNIFORM_ONLY_ALGORITHMS, "grid")]
 )
 def test_a_log_range_reaches_the_trials_log_distributed(
-    e2e_cluster: E2ECluster, ended: dict[str, dict[str, Any]], algorithm: str
+    e2e_cluster: E2ECluster, runs: Runs, algorithm: str
 ) -> None:
-    final = ended[algorithm]
+    final = runs.finals[algorithm]
     trials = trials_of(e2e_cluster, final["metadata"]["namespace"])
     rates = sorted(assignment(t, "learningRate") for t in trials)
     print(f"{algorithm}: learning rates drawn {[f'{r:.3g}' for r in rates]}")
@@ -201,10 +196,8 @@ def test_a_log_range_reaches_the_trials_log_distributed(
     assert below > len(rates) / 2, f"{below} of {len(rates)} below 0.01: drawn uniformly"
 
 
-def test_grid_tries_every_combination_once(
-    e2e_cluster: E2ECluster, ended: dict[str, dict[str, Any]]
-) -> None:
-    final = ended["grid"]
+def test_grid_tries_every_combination_once(e2e_cluster: E2ECluster, runs: Runs) -> None:
+    final = runs.finals["grid"]
     trials = trials_of(e2e_cluster, final["metadata"]["namespace"])
     tried = sorted(
         (assignment(t, "learningRate"), round(assignment(t, "momentum"), 9)) for t in trials

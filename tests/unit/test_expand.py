@@ -329,7 +329,7 @@ def policy_action(policy: dict[str, Any], exits: dict[str, int], conditions: set
         ({PRIMARY_CONTAINER: EXIT_DIVERGED, COLLECTOR: 0}, set(), "FailJob"),
         ({PRIMARY_CONTAINER: EXIT_USAGE, COLLECTOR: 0}, set(), "FailJob"),
         ({PRIMARY_CONTAINER: 137, COLLECTOR: 0}, set(), "FailJob"),  # out of memory
-        ({PRIMARY_CONTAINER: 143, COLLECTOR: 0}, set(), "FailJob"),  # stopped early by Katib
+        ({PRIMARY_CONTAINER: 143, COLLECTOR: 0}, set(), "FailJob"),  # ended by SIGTERM
         # Katib's part failed after the trainer finished: run again, within the retries.
         ({PRIMARY_CONTAINER: 0, COLLECTOR: 255}, set(), "Count"),
         # Evicted or preempted mid-epoch: run again, not counted.

@@ -157,12 +157,13 @@ def _command(tuning: MnistTuning, seed: int) -> list[str]:
 def pod_failure_policy() -> dict[str, Any]:
     """Run a trial's pod again only when the trial is not to blame for its failure.
 
-    The trainer's own exit status is its verdict: 2 for a bad flag, 3 for a diverged loss,
-    137 for running out of memory, 143 for being ended by Katib's early stopping; the same
-    trial would fail the same way again, so its Job fails at once. A pod evicted, preempted
-    or drained (Kubernetes marks it `DisruptionTarget`) runs again without counting. Any
-    other failure, a trainer that finished but whose metrics collector could not report,
-    counts against `TRIAL_POD_RETRIES`.
+    The trainer container's exit status is its verdict: 2 for a bad flag, 3 for a diverged
+    loss, 137 for running out of memory; the same trial would fail the same way again, so
+    its Job fails at once. (A trial Katib stopped early ends non-zero too, 2 from Katib's
+    wrapper shell; Katib has marked it EarlyStopped by then, and a failed Job leaves it so.)
+    A pod evicted, preempted or drained (Kubernetes marks it `DisruptionTarget`) runs again
+    without counting. Any other failure, a trainer that finished but whose metrics collector
+    could not report, counts against `TRIAL_POD_RETRIES`.
     """
     return {
         "rules": [
