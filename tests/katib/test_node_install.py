@@ -24,6 +24,8 @@ from node.katib import (
 )
 
 Objects = dict[tuple[str, str], dict[str, Any]]
+POD_WEBHOOK = "mutator.pod.katib.kubeflow.org"
+COMPONENT_LABEL = "katib.kubeflow.org/component"  # on every Katib pod, on no trial's
 
 
 def rendered(directory: Path) -> Objects:
@@ -63,7 +65,18 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
 ) -> None:
     upstream, ours = both
     changed = {key for key in set(upstream) & set(ours) if upstream[key] != ours[key]}
-    assert changed == {("Deployment", "katib-mysql"), ("ConfigMap", "katib-config")}
+    webhooks = ("MutatingWebhookConfiguration", "katib.kubeflow.org")
+    assert changed == {("Deployment", "katib-mysql"), ("ConfigMap", "katib-config"), webhooks}
+
+    # The pod webhook only leaves Katib's own pods alone, as deploy/katib does for users.
+    spared = {"matchExpressions": [{"key": COMPONENT_LABEL, "operator": "DoesNotExist"}]}
+    mutators = {w["name"]: w for w in ours[webhooks]["webhooks"]}
+    assert mutators[POD_WEBHOOK].pop("objectSelector") == spared
+    assert mutators == {w["name"]: w for w in upstream[webhooks]["webhooks"]}
+    for kind, name in upstream:
+        if kind == "Deployment":
+            template = upstream[(kind, name)]["spec"]["template"]
+            assert COMPONENT_LABEL in template["metadata"]["labels"], name
 
     [database] = ours[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]
     [original] = upstream[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]

@@ -137,6 +137,8 @@ def test_katibs_webhooks_sync_only_after_the_pods_they_would_refuse() -> None:
     waves = {}
     for entry in patches:
         patch = yaml.safe_load(entry["patch"])
+        if WAVE not in patch["metadata"].get("annotations", {}):
+            continue
         waves[(patch["kind"], patch["metadata"]["name"])] = int(
             patch["metadata"]["annotations"][WAVE]
         )
@@ -144,3 +146,13 @@ def test_katibs_webhooks_sync_only_after_the_pods_they_would_refuse() -> None:
         ("MutatingWebhookConfiguration", "katib.kubeflow.org"): 1,
         ("ValidatingWebhookConfiguration", "katib.kubeflow.org"): 1,
     }
+
+
+def test_katib_from_git_spares_its_own_pods_as_deploy_katib_does() -> None:
+    # Without it a katib-controller pod that is deleted can never be created again.
+    patches = apps_by_name()["katib"]["spec"]["source"]["kustomize"]["patches"]
+    ours = yaml.safe_load((ROOT / "deploy" / "katib" / "pod-webhook.yaml").read_text())
+    assert ours in [yaml.safe_load(entry["patch"]) for entry in patches]
+    assert {"path": "pod-webhook.yaml"} in yaml.safe_load(
+        (ROOT / "deploy" / "katib" / "kustomization.yaml").read_text()
+    )["patches"]

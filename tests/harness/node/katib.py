@@ -27,7 +27,7 @@ from typing import Any
 import katib_services
 import yaml
 from katib_services import stubs
-from launcher import kustomize, wait_for
+from launcher import REPO_ROOT, kustomize, wait_for
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -84,7 +84,10 @@ OVERLAY_CHANGES = (
     f"medianstop services (Python), its suggestion pods with a {SERVICES_MEMORY} memory limit",
     "the database is Debian's MariaDB in place of mysql:8.0.29, with the same environment",
     "a hostPath PersistentVolume for the katib-mysql claim (the node has no StorageClass)",
+    "Katib's pod webhook leaves Katib's own pods alone, as deploy/katib makes it for users",
 )
+# deploy/katib's change to Katib's install, which users get too.
+POD_WEBHOOK_PATCH = REPO_ROOT / "deploy" / "katib" / "pod-webhook.yaml"
 
 # The official mysql image's contract, as Katib's manifest uses it: MYSQL_ROOT_PASSWORD,
 # MYSQL_DATABASE, `--datadir DIR`, run as uid 999, probes calling `mysql`/`mysqladmin`.
@@ -282,6 +285,7 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
         },
     }
     (overlay / "volume.yaml").write_text(yaml.safe_dump(volume_manifest))
+    shutil.copyfile(POD_WEBHOOK_PATCH, overlay / POD_WEBHOOK_PATCH.name)
     removed = [
         _delete("Deployment", "katib-ui", NAMESPACE),
         _delete("Service", "katib-ui", NAMESPACE),
@@ -309,7 +313,10 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
                 "newTag": mariadb_image().rpartition(":")[2],
             }
         ],
-        "patches": [{"patch": yaml.safe_dump(doc)} for doc in removed],
+        "patches": [
+            {"path": POD_WEBHOOK_PATCH.name},
+            *({"patch": yaml.safe_dump(doc)} for doc in removed),
+        ],
     }
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return overlay
