@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+# How long a watch that ended waits before it starts again.
+RESTART_S = 1.0
+
 
 @dataclass
 class Watch:
@@ -52,18 +55,36 @@ class Watch:
 def watching(kubectl: Sequence[str], kind: str, namespace: str, *selector: str) -> Iterator[Watch]:
     """A Watch over `kind` in `namespace` (`-l ...` in `selector`) for the duration of the block.
 
-    `kubectl` is the command line up to its verb (the binary and its --kubeconfig).
+    `kubectl` is the command line up to its verb (the binary and its --kubeconfig). A watch that
+    ends (the API server stopped under it) is started again: it lists every object anew, so the
+    latest version of each is seen again once the API server is back.
     """
     argv = [*kubectl, "get", kind, "-n", namespace, *selector, "--watch",
             "--output-watch-events", "-o", "json"]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
-    assert process.stdout is not None
-    watch = Watch()
-    reader = threading.Thread(target=watch.feed, args=(iter(process.stdout),), daemon=True)
+    watch, done = Watch(), threading.Event()
+    current: list[subprocess.Popen[str]] = []
+
+    def follow() -> None:
+        while True:
+            with watch.lock:
+                if done.is_set():
+                    return
+                process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+                current[:] = [process]
+            assert process.stdout is not None
+            watch.feed(iter(process.stdout))
+            process.wait()
+            done.wait(RESTART_S)
+
+    reader = threading.Thread(target=follow, daemon=True)
     reader.start()
     try:
         yield watch
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        with watch.lock:
+            done.set()
+            for process in current:
+                process.terminate()
         reader.join(timeout=10)
+        for process in current:
+            process.wait(timeout=10)

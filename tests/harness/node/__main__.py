@@ -1,9 +1,13 @@
-"""`python -m node up|down|status --dir DIR`: the single-node cluster from the command line.
+"""`python -m node up|down|status|stop|start --dir DIR`: the single-node cluster from the command
+line.
 
 `up` brings the node up, installs real Katib v0.19.0 on it, builds our two images from our
 Dockerfiles and deploys the CRD and the operator with them (deploy/default). `up --gitops`
 instead starts Argo CD and a Git server serving this checkout and applies deploy/argocd/root.yaml:
 Argo CD installs Katib, the operator and deploy/samples/quick.yaml from Git.
+`stop PART...` and `start PART...` take parts of the running node down and bring them back
+(containerd, kubelet, etcd, kube-apiserver), in the order given, as a crash or an upgrade would:
+the pods they run go on.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from launcher import REPO_ROOT, wait_for
 
 from node import gitops, katib, product
 from node.host import HostError
-from node.node import Node, NodeError, RunningNode, read_running
+from node.node import PARTS, Node, NodeError, RunningNode, read_running, start_parts, stop_parts
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the command, print one line per fact a person needs."""
     parser = argparse.ArgumentParser(prog="python -m node", description=__doc__)
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "stop", "start"))
+    parser.add_argument("parts", nargs="*", choices=PARTS, help="stop|start: the node's parts")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".katib-cluster")
     parser.add_argument("--bin-dir", type=Path, default=REPO_ROOT / ".cluster" / "bin")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
@@ -31,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gitops", action="store_true", help="up: Argo CD installs everything from Git"
     )
     args = parser.parse_args(argv)
+    if bool(args.parts) != (args.command in ("stop", "start")):
+        parser.error("name the parts to stop or start, and only then")
     try:
+        if args.command in ("stop", "start"):
+            (stop_parts if args.command == "stop" else start_parts)(args.dir, args.parts)
+            print(f"{args.command}: {', '.join(args.parts)}")
+            return 0
         if args.command == "status":
             running = read_running(args.dir)
             print(f"a node runs from {args.dir}" if running else f"no node runs from {args.dir}")

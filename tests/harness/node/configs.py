@@ -20,6 +20,7 @@ from node.network import DNS_SERVICE_IP, NODE_POD_RANGE, POD_RANGE, NetworkPlan
 NODE_NAME = "mnist-node"
 CLUSTER_DOMAIN = "cluster.local"
 API_PORT = 6443
+KUBELET_HEALTHZ_PORT = 10248  # on 127.0.0.1: how a restarted kubelet shows it serves
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.15.0"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
@@ -194,6 +195,7 @@ def kubelet_config(layout: Layout, plan: NetworkPlan) -> dict[str, Any]:
         "fileCheckFrequency": "5s",
         "nodeStatusReportFrequency": "10s",
         "healthzBindAddress": "127.0.0.1",
+        "healthzPort": KUBELET_HEALTHZ_PORT,
     }
 
 

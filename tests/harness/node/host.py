@@ -281,6 +281,19 @@ def in_cgroup(cgroup: Path, argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
 
 
+def container_pids(container_id: str) -> list[int]:
+    """The processes of one of the kubelet's containers, found on the host by the cgroup the
+    container runs in (named after its id): they answer even while the kubelet, containerd or
+    the API server is stopped."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if container_id in (entry / "cgroup").read_text():
+                    pids.append(int(entry.name))
+    return pids
+
+
 def kubepods_cgroups() -> list[Path]:
     """The kubelet's `kubepods` cgroup in each v1 hierarchy and in the unified one."""
     return [path for path in sorted(CGROUP_ROOT.glob(f"*/{KUBEPODS}")) if path.is_dir()]

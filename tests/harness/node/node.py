@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from node import host, images, network
 from node.configs import (
     API_PORT,
     COREDNS_IMAGE,
+    KUBELET_HEALTHZ_PORT,
     NODE_NAME,
     PAUSE_IMAGE,
     Layout,
@@ -46,6 +48,9 @@ RECORD = Path("/run/mnist-tuning-node.json")
 SAVED_SYSCTLS = Path("/run/mnist-tuning-node.sysctls")
 PROGRAMS = (*host.KUBERNETES_PROGRAMS, "kubectl", "coredns", "pause")
 START_TIMEOUT_S = 180.0
+# The parts of a running node `stop_parts` and `start_parts` take down and bring back.
+PARTS = ("containerd", "kubelet", "etcd", "kube-apiserver")
+STOP_GRACE_S = 10.0
 # The Debian userland the node's own tests run in: python3 serves HTTP, answers webhooks and
 # resolves names through glibc, like the images our product ships.
 TEST_USERLAND = images.DebianUserland("bookworm", ("python3",))
@@ -468,7 +473,43 @@ def start_process(
             env=env,
         )
     (layout.pids / name).write_text(f"{process.pid}\n")
+    (layout.pids / f"{name}.argv").write_text(json.dumps({"argv": list(argv), "env": env}))
     return process
+
+
+def _part_answers(layout: Layout, name: str) -> Callable[[], bool]:
+    """How a restarted part of the node shows it serves again."""
+    if name == "containerd":
+        return lambda: subprocess.run(["ctr", "version"], capture_output=True, timeout=10,
+                                      check=False).returncode == 0  # fmt: skip
+    if name == "etcd":
+        argv = json.loads((layout.pids / "etcd.argv").read_text())["argv"]
+        [urls] = [a.partition("=")[2] for a in argv if a.startswith("--listen-client-urls=")]
+        return lambda: launcher.probe(f"{urls}/health", None)
+    if name == "kube-apiserver":
+        return lambda: launcher.kubectl(layout.bin, layout.kubeconfig, "get", "--raw", "/readyz",
+                                        check=False, timeout=10).returncode == 0  # fmt: skip
+    return lambda: launcher.probe(f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz", None)
+
+
+def stop_parts(root: Path, names: Sequence[str]) -> None:
+    """Stop these parts of the running node, in this order, as a node upgrade or a crash
+    would: SIGTERM, then SIGKILL after `STOP_GRACE_S`. What they run (pods, shims) goes on."""
+    layout = Layout(root.resolve())
+    for name in names:
+        pid = int((layout.pids / name).read_text())
+        if host.signal_and_wait([pid], signal.SIGTERM, STOP_GRACE_S):
+            host.signal_and_wait([pid], signal.SIGKILL, STOP_GRACE_S)
+
+
+def start_parts(root: Path, names: Sequence[str]) -> None:
+    """Start stopped parts again, in this order, each with the command line it first ran with;
+    return once each serves again."""
+    layout = Layout(root.resolve())
+    for name in names:
+        recorded = json.loads((layout.pids / f"{name}.argv").read_text())
+        process = start_process(layout, name, recorded["argv"], recorded["env"])
+        wait_started(layout, f"{name} to serve again", _part_answers(layout, name), name, process)
 
 
 def wait_started(
