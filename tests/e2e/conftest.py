@@ -92,7 +92,7 @@ def on_kind(kind: KindCluster, work: Path) -> E2ECluster:
 def on_node(node: RunningNode, mnist_root: Path) -> E2ECluster:
     """Both images built here with buildah and imported, the operator rolled out."""
     product.install(node, REPO_ROOT, mnist_root)
-    return E2ECluster("node", node.layout.bin, node.layout.kubeconfig)
+    return E2ECluster("node", node.layout.bin, node.layout.kubeconfig, node.layout.root)
 
 
 @pytest.fixture(scope="session")

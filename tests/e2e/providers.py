@@ -23,11 +23,13 @@ KUBECTL_TIMEOUT_S = 300.0
 
 @dataclass(frozen=True)
 class E2ECluster:
-    """How the tests reach the cluster: the folder of a `kubectl` binary and a kubeconfig."""
+    """How the tests reach the cluster: the folder of a `kubectl` binary and a kubeconfig, and
+    on our node its state directory (`python -m node stop|start --dir` takes its parts down)."""
 
     provider: str
     bin_dir: Path
     kubeconfig: Path
+    node_root: Path | None = None
 
     def argv(self, *args: str) -> list[str]:
         """kubectl's full command line for `args`."""

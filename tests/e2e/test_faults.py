@@ -1,23 +1,38 @@
-"""Katib's own parts failing under a running tuning: nothing lost, nothing re-run, the status true.
+"""Katib's parts and the node's failing under a running tuning: nothing lost, nothing re-run,
+the status true.
 
 Each case runs a seeded tuning of three one-epoch trials, one at a time, in a namespace of its
-own, and holds its fault (Katib's Deployments scaled to no pod) from before the first trial
-starts until that trial's pod has ended, then brings the parts back. The trial's collector
-then has nowhere to store its observation: its pod fails, and the Job runs the trial again.
-The fault is driven through that seam rather than by timing, so it is certain to meet the
-trial it is meant for.
+own, and holds its fault over the end of the first trial, then brings the parts back. The
+fault is driven through seams rather than by timing, so it is certain to meet that trial:
+
+- Katib's database parts are stopped (their Deployments scaled to no pod) before the tuning is
+  applied and come back once the first trial's pod has ended: that trial's collector had
+  nowhere to store its observation, its pod failed, and the Job ran the trial again.
+- Katib's controller and the Experiment's suggestion are stopped the same way once the first
+  trial's trainer runs (before, no Experiment could be created: Katib's webhooks are down).
+- The node's kubelet and containerd, or its API server and etcd, are stopped with
+  `python -m node stop` once the first trial's trainer runs, and started again once the
+  trainer's processes have ended on the host, so that trial ends while they are down.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 from kindcluster import KATIB_NAMESPACE, small_tuning
+from launcher import REPO_ROOT
+from mnist_tuning.api.expand import PRIMARY_CONTAINER
+from node.host import container_pids
 from providers import E2ECluster, watching_pods
 from tunings import (
     TRIAL_LABEL,
@@ -35,29 +50,51 @@ from tunings import (
 
 TRIALS = 3
 STEP_DEADLINE_S = 5 * 60
-# Katib's parts, by the Deployment each runs in; a case stops one or several. Not here yet:
-# Katib's controller. Its pod webhook (failurePolicy Fail) covers Katib's own namespace, so once
-# its pod is gone no pod there, its own included, can be created again.
-DB_MANAGER, MYSQL = "katib-db-manager", "katib-mysql"
+CONTROLLER, DB_MANAGER, MYSQL = "katib-controller", "katib-db-manager", "katib-mysql"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a case stops. `reruns`: the first trial's report is lost, so its pod fails and
+    runs again; every other fault must leave each trial's single pod to succeed. `repeats`:
+    Katib loses its seeded random state, so the next trial repeats the first one's values."""
+
+    katib: tuple[str, ...] = ()  # Katib's Deployments, scaled to no pod
+    suggestion: bool = False  # the Experiment's suggestion Deployment, scaled to no pod
+    node: tuple[str, ...] = ()  # the node's parts, stopped in this order, started in reverse
+    reruns: bool = False
+    repeats: bool = False
+
+    @property
+    def before_apply(self) -> bool:
+        return self.reruns
+
+
 FAULTS = {
-    "none": (),  # the same tuning unbroken: the baseline of the times printed
-    "db-manager": (DB_MANAGER,),
-    "mysql": (MYSQL,),
-    "db-manager-and-mysql": (DB_MANAGER, MYSQL),
+    "none": Fault(),  # the same tuning unbroken: the baseline of the times printed
+    "katib-controller": Fault(katib=(CONTROLLER,)),
+    "db-manager": Fault(katib=(DB_MANAGER,), reruns=True),
+    "mysql": Fault(katib=(MYSQL,), reruns=True),
+    "db-manager-and-mysql": Fault(katib=(DB_MANAGER, MYSQL), reruns=True),
+    # Katib's random service (hyperopt's) draws each request's seed from one random state seeded
+    # with the Experiment's seed, kept in memory: a new pod starts it over.
+    "suggestion": Fault(suggestion=True, repeats=True),
+    "kubelet-and-containerd": Fault(node=("kubelet", "containerd")),
+    "apiserver-and-etcd": Fault(node=("kube-apiserver", "etcd")),
 }
 pytestmark = pytest.mark.timeout(60 * 60)
 
 
 @contextmanager
-def scaled_down(cluster: E2ECluster, deployment: str) -> Iterator[None]:
-    """Katib's `deployment` with no pod for the duration of the block, then ready again."""
-    where = ("-n", KATIB_NAMESPACE)
+def scaled_down(cluster: E2ECluster, deployment: str, namespace: str) -> Iterator[None]:
+    """`deployment` with no pod for the duration of the block, then ready again."""
+    where = ("-n", namespace)
     cluster.kubectl("scale", f"deployment/{deployment}", "--replicas=0", *where)
-    selector = cluster.get("deployment", deployment, KATIB_NAMESPACE)["spec"]["selector"]
+    selector = cluster.get("deployment", deployment, namespace)["spec"]["selector"]
     labels = ",".join(f"{k}={v}" for k, v in selector["matchLabels"].items())
     wait_until(
         f"{deployment}'s pods to go",
-        lambda: not cluster.items("pods", KATIB_NAMESPACE, "-l", labels),
+        lambda: not cluster.items("pods", namespace, "-l", labels),
         STEP_DEADLINE_S,
     )
     try:
@@ -69,32 +106,96 @@ def scaled_down(cluster: E2ECluster, deployment: str) -> Iterator[None]:
         )
 
 
+def node_command(cluster: E2ECluster, verb: str, parts: tuple[str, ...]) -> None:
+    """`python -m node stop|start PART...` on the node the tier runs on."""
+    assert cluster.node_root is not None
+    harness = REPO_ROOT / "tests" / "harness"
+    subprocess.run(
+        [sys.executable, "-m", "node", verb, *parts, "--dir", str(cluster.node_root)],
+        env={**os.environ, "PYTHONPATH": str(harness)},
+        check=True,
+        timeout=STEP_DEADLINE_S,
+    )
+
+
+@contextmanager
+def node_parts_stopped(cluster: E2ECluster, parts: tuple[str, ...]) -> Iterator[None]:
+    node_command(cluster, "stop", parts)
+    try:
+        yield
+    finally:
+        node_command(cluster, "start", tuple(reversed(parts)))
+
+
 def ended(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+def trainer_container_id(pod: dict[str, Any]) -> str | None:
+    """The id of a pod's running trainer container (containerd://ID), None until it runs."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container["name"] == PRIMARY_CONTAINER and "running" in container["state"]:
+            return str(container["containerID"]).rpartition("/")[2]
+    return None
+
+
 @pytest.mark.parametrize("fault", FAULTS)
-def test_a_tuning_survives_katibs_parts_stopped_while_a_trial_runs(
+def test_a_tuning_survives_katibs_or_the_nodes_parts_stopped_while_a_trial_runs(
     e2e_cluster: E2ECluster, namespaces: list[str], fault: str
 ) -> None:
+    case = FAULTS[fault]
+    if case.node and e2e_cluster.node_root is None:
+        pytest.skip("kind's node parts are not ours to stop; our node's are (python -m node)")
     name = f"fault-{fault}"
     namespace = new_namespace(e2e_cluster, namespaces, name)
     manifest = small_tuning(name, namespace, maxTrials=TRIALS, parallelTrials=1, maxFailedTrials=0)
     manifest["spec"]["fixed"]["batchSize"] = 1024
+    marks: dict[str, float] = {}  # when each step of the case was done, for the figures printed
     with watching_pods(e2e_cluster, namespace, TRIAL_LABEL) as pods, ExitStack() as stopped:
-        # Stopped before any trial starts: the first one cannot miss the fault.
-        for deployment in FAULTS[fault]:
-            stopped.enter_context(scaled_down(e2e_cluster, deployment))
+        marks["injected"] = time.monotonic()
+        if case.before_apply:  # the first trial cannot miss the fault
+            for deployment in case.katib:
+                stopped.enter_context(scaled_down(e2e_cluster, deployment, KATIB_NAMESPACE))
         e2e_cluster.apply(manifest)
-        wait_until("the first trial's pod", lambda: bool(pods.latest()), STEP_DEADLINE_S)
+
+        def running_trainer() -> str | None:
+            return next(filter(None, map(trainer_container_id, pods.latest().values())), None)
+
+        if case.before_apply:
+            wait_until("the first trial's pod", lambda: bool(pods.latest()), STEP_DEADLINE_S)
+        else:
+            wait_until(
+                "the first trial's trainer to run", lambda: bool(running_trainer()), STEP_DEADLINE_S
+            )
         experiment_uid = the_experiment(e2e_cluster, namespace)["metadata"]["uid"]
-        wait_until(
-            "the first trial's pod to end",
-            lambda: any(ended(pod) for pod in pods.latest().values()),
-            STEP_DEADLINE_S,
-        )
+        if not case.before_apply:
+            marks["injected"] = time.monotonic()
+            trainer = running_trainer()
+            for deployment in case.katib:
+                stopped.enter_context(scaled_down(e2e_cluster, deployment, KATIB_NAMESPACE))
+            if case.suggestion:
+                [suggestion] = e2e_cluster.items("deployments", namespace)
+                deployment = suggestion["metadata"]["name"]
+                stopped.enter_context(scaled_down(e2e_cluster, deployment, namespace))
+            if case.node:
+                stopped.enter_context(node_parts_stopped(e2e_cluster, case.node))
+                assert trainer is not None
+                wait_until(
+                    "the trainer's processes to end (seen on the host)",
+                    lambda: not container_pids(trainer),
+                    STEP_DEADLINE_S,
+                )
+        if not case.node:
+            wait_until(
+                "the first trial's pod to end",
+                lambda: any(ended(pod) for pod in pods.latest().values()),
+                STEP_DEADLINE_S,
+            )
+        marks["first trial ended"] = time.monotonic()
         stopped.close()
+        marks["parts back"] = time.monotonic()
         final = wait_for_end(e2e_cluster, name, namespace)
+        marks["tuning ended"] = time.monotonic()
 
     got = final["status"]
     assert got["phase"] == "Succeeded", yaml.safe_dump(got)
@@ -105,11 +206,16 @@ def test_a_tuning_survives_katibs_parts_stopped_while_a_trial_runs(
     assert best_from_katib(experiment) == (got["best"]["trial"], got["best"]["hyperparameters"])
     trials = e2e_cluster.items("trials", namespace)
     assert len(trials) == TRIALS
+    trials.sort(key=lambda t: (t["metadata"]["creationTimestamp"], t["metadata"]["name"]))
     assignments = [
         tuple(sorted((p["name"], p["value"]) for p in t["spec"]["parameterAssignments"]))
         for t in trials
     ]
-    assert len(set(assignments)) == TRIALS, "no trial ran the same values twice"
+    if case.repeats:  # what Katib loses: one trial of the budget runs the first one's values
+        assert assignments.count(assignments[0]) == 2, assignments
+        assert len(set(assignments)) == TRIALS - 1, assignments
+    else:
+        assert len(set(assignments)) == TRIALS, "no trial ran the same values twice"
     for trial in trials:
         names = {m["name"] for m in trial["status"]["observation"]["metrics"]}
         assert names >= {"accuracy", "loss"}, trial["status"]
@@ -120,10 +226,18 @@ def test_a_tuning_survives_katibs_parts_stopped_while_a_trial_runs(
     wall = seconds_between(
         experiment["metadata"]["creationTimestamp"], experiment["status"]["completionTime"]
     )
-    print(f"{fault}: {wall:.0f} s, pods per trial {dict(per_trial)}, failed pods {len(failed)}")
+    steps = ", ".join(f"{what} +{at - marks['injected']:.0f} s" for what, at in marks.items())
+    restarts = {
+        pod["metadata"]["name"].rsplit("-", 2)[0]: sum(
+            c["restartCount"] for c in pod["status"].get("containerStatuses") or []
+        )
+        for pod in e2e_cluster.items("pods", KATIB_NAMESPACE)
+    }
+    print(f"{fault}: Experiment {wall:.0f} s; {steps}; pods per trial {dict(per_trial)}, "
+          f"failed pods {len(failed)}; Katib's containers restarted {restarts}")  # fmt: skip
     assert all(trainer_exit(pod) == 0 for pod in failed)
     assert sum(per_trial.values()) == TRIALS + len(failed)
-    if FAULTS[fault]:
+    if case.reruns:
         assert len(failed) >= 1, "the first trial's collector had nowhere to report"
     else:
-        assert not failed, "an unbroken tuning runs each trial once"
+        assert not failed, "a trial whose report was kept runs once"
