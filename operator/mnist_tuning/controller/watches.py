@@ -1,0 +1,119 @@
+"""What the watches see: the newest tunings and our Experiments, and the keys they queue.
+
+A new spec is queued at once, anything else coalesced with the last status write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_tuning.api.spec import API_VERSION, KIND
+from mnist_tuning.controller.memory import Key, Memory
+from mnist_tuning.controller.queue import DelayQueue
+from mnist_tuning.controller.settings import OperatorSettings
+
+# The parts of an Experiment the reconcile reads: summarize() and budget_of().
+EXPERIMENT_SPEC_KEYS = ("algorithm", "maxTrialCount", "parallelTrialCount", "maxFailedTrialCount")
+
+
+@dataclass
+class Watches:
+    """Feeds `Memory` from kopf's watch events and queues the tunings they concern."""
+
+    memory: Memory
+    queue: DelayQueue[Key]
+    settings: OperatorSettings
+
+    def saw_tuning(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest tuning; reconcile a new spec now, anything else coalesced."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self.memory.lock:
+            before = self.memory.tunings.pop(key, None)
+            if event_type != "DELETED":
+                self.memory.tunings[key] = trimmed(body, ("spec", "status"))
+        if event_type == "DELETED":
+            self.memory.forget(key, None if before is None else before["metadata"]["uid"])
+            return
+        # Our own status write comes back here too: it must not cut a coalesced burst short.
+        same = before is not None and all(
+            before["metadata"].get(k) == meta.get(k) for k in ("uid", "generation")
+        )
+        self.queue.add(key, self._coalesced(key) if same else 0.0)
+
+    def saw_experiment(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest Experiment under its tuning; reconcile that one, coalesced."""
+        owner = owner_of(body)
+        if owner is None:
+            return
+        meta = body["metadata"]
+        key = (meta["namespace"], str(owner["name"]))
+        with self.memory.lock:
+            owned = self.memory.experiments.setdefault(key, {})
+            if event_type == "DELETED":
+                owned.pop(meta["name"], None)
+                if not owned:
+                    del self.memory.experiments[key]
+            else:
+                owned[meta["name"]] = trimmed(body, ("status",), EXPERIMENT_SPEC_KEYS)
+        self.queue.add(key, self._coalesced(key))
+
+    def _coalesced(self, key: Key) -> float:
+        """Return how long a change must wait: until the last write's interval is over."""
+        with self.memory.lock:
+            written = self.memory.last_write.get(key)
+        if written is None:
+            return 0.0
+        return written + self.settings.status_interval_seconds - time.monotonic()
+
+
+def trimmed(
+    body: Mapping[str, Any], keep: tuple[str, ...], spec_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Copy what the reconcile reads of an object (memory stays flat with many of them)."""
+    meta = body.get("metadata") or {}
+    kept: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "labels",
+                "annotations",
+                "ownerReferences",
+                "deletionTimestamp",
+            )
+            if k in meta
+        },
+    }
+    for part in keep:
+        kept[part] = dict(body.get(part) or {})
+    if spec_keys:
+        spec = body.get("spec") or {}
+        kept["spec"] = {k: spec[k] for k in spec_keys if k in spec}
+    return kept
+
+
+def owner_of(experiment: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the controlling MnistTuning owner reference, if any."""
+    for ref in (experiment.get("metadata") or {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion") == API_VERSION
+        ):
+            return dict(ref)
+    return None
+
+
+def owner_uid(experiment: Mapping[str, Any]) -> str | None:
+    """Return the uid of the tuning that owns the Experiment, if one does."""
+    owner = owner_of(experiment)
+    return None if owner is None else owner.get("uid")
