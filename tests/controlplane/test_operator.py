@@ -736,6 +736,74 @@ def test_deletion_never_hangs_while_the_operator_is_down(
 
 
 # ---------------------------------------------------------------------------------------------
+# trial pods that cannot start
+
+
+def set_training_container_state(cluster: Cluster, pod: str, state: dict[str, Any]) -> None:
+    """Write the pod's status as the kubelet would (no kubelet runs in this tier)."""
+    running = "running" in state
+    status = {
+        "phase": "Running" if running else "Pending",
+        "containerStatuses": [
+            {
+                "name": "training-container",
+                "image": STUCK_IMAGE,
+                "imageID": "",
+                "ready": running,
+                "restartCount": 0,
+                "state": state,
+            }
+        ],
+    }
+    cluster.kubectl("patch", "pod", pod, "-n", cluster.ns, "--subresource=status",
+                    "--type=merge", "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+STUCK_IMAGE = "127.0.0.1:5999/mnist-trainer:missing"
+
+
+def test_a_trial_pod_that_cannot_pull_its_image_is_named_with_the_fix_until_it_runs(
+    cluster: Cluster, katib: KatibStandIn, operator: Operator
+) -> None:
+    name = cluster.start("pull", max_trials=2)
+    katib.create(cluster.ns, name)
+    trial = f"{name}-t1"
+    katib.run(cluster.ns, name, running=[trial])
+    pod = f"{trial}-x7k2p"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod,
+                "labels": {"tuning.mnist.dev/name": "pull", "katib.kubeflow.org/trial": trial},
+            },
+            "spec": {
+                "nodeName": "no-kubelet-here",  # nothing schedules or runs it
+                "containers": [{"name": "training-container", "image": STUCK_IMAGE}],
+            },
+        }
+    )
+    waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{STUCK_IMAGE}"'}
+    set_training_container_state(cluster, pod, {"waiting": waiting})
+    cond = wait_for(lambda: cluster.condition("pull", c.PODS_HEALTHY), "PodsHealthy")
+    assert (cond["status"], cond["reason"]) == ("False", c.IMAGE_PULL_FAILED)
+    for words in (trial, pod, STUCK_IMAGE, "spec.trial.image", "spec.trial.imagePullSecrets"):
+        assert words in cond["message"]
+    assert cluster.event("pull", c.IMAGE_PULL_FAILED, STUCK_IMAGE)
+    assert cluster.status("pull")["phase"] == "Running"
+
+    set_training_container_state(cluster, pod, {"running": {"startedAt": "2026-12-07T00:00:00Z"}})
+    wait_for(
+        lambda: (
+            cluster.condition("pull", c.PODS_HEALTHY) is None
+            and cluster.event("pull", c.PODS_RECOVERED)
+        ),
+        "the condition gone and the Normal Event",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # RBAC: what the ServiceAccount may and may not do
 
 
@@ -758,8 +826,14 @@ TUNINGS = "mnisttunings.tuning.mnist.dev"
         ("patch", "events", False),
         ("get", "secrets", False),
         ("list", "secrets", False),
-        ("list", "pods", False),
+        # Trial pods are read (why one cannot start), never touched.
+        ("list", "pods", True),
+        ("watch", "pods", True),
+        ("get", "pods", False),
+        ("patch", "pods", False),
         ("create", "pods", False),
+        ("watch", "jobs.batch", True),
+        ("get", "jobs.batch", False),
         ("create", "jobs.batch", False),
         ("get", "trials.kubeflow.org", False),
         ("delete", "mnisttunings.tuning.mnist.dev", False),

@@ -288,6 +288,11 @@ OPERATOR_FAULTS = [
     (conditions.EXPERIMENT_ACCEPTED, conditions.EXPERIMENT_REFUSED, "Degraded"),
     (conditions.EXPERIMENT_ACCEPTED, conditions.OPERATOR_FORBIDDEN, "Degraded"),
     (conditions.SPEC_VALID, conditions.SPEC_INVALID, "Degraded"),
+    # A trial pod in trouble: Katib goes on (with other trials, or once the cause is gone).
+    (conditions.PODS_HEALTHY, conditions.IMAGE_PULL_FAILED, "Progressing"),
+    (conditions.PODS_HEALTHY, conditions.UNSCHEDULABLE, "Progressing"),
+    (conditions.PODS_HEALTHY, conditions.OOM_KILLED, "Progressing"),
+    (conditions.PODS_HEALTHY, conditions.DEADLINE_EXCEEDED, "Progressing"),
 ]
 
 

@@ -196,15 +196,17 @@ def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if trial.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in trial.image_pull_secrets]
+    labels = {LABEL_TUNING: tuning.metadata.name}  # the operator watches both by it
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
+        "metadata": {"labels": labels},
         "spec": {
             "backoffLimit": TRIAL_POD_RETRIES,
             "podFailurePolicy": pod_failure_policy(),
             "activeDeadlineSeconds": trial.timeout_seconds,
             "template": {
-                "metadata": {"labels": {LABEL_TUNING: tuning.metadata.name}},
+                "metadata": {"labels": labels},
                 "spec": pod,
             },
         },

@@ -20,6 +20,7 @@ NAMESPACE_ENABLED: Final = "NamespaceEnabled"
 EXPERIMENT_ACCEPTED: Final = "ExperimentAccepted"
 SPEC_VALID: Final = "SpecValid"
 TRIALS_HEALTHY: Final = "TrialsHealthy"
+PODS_HEALTHY: Final = "PodsHealthy"  # written only while a trial or suggestion pod is in trouble
 
 # Reasons (CamelCase; one place).
 KATIB_FOUND: Final = "KatibFound"
@@ -32,6 +33,10 @@ OPERATOR_FORBIDDEN: Final = "OperatorForbidden"
 SPEC_INVALID: Final = "SpecInvalid"
 NO_TRIAL_FAILED: Final = "NoTrialFailed"
 TRIALS_FAILING: Final = "TrialsFailing"
+IMAGE_PULL_FAILED: Final = "ImagePullFailed"
+UNSCHEDULABLE: Final = "Unschedulable"
+OOM_KILLED: Final = "OOMKilled"
+DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 # Reasons that only Events carry (Warning Events reuse the condition reasons above).
 EXPERIMENT_RECREATED: Final = "ExperimentRecreated"
 EXPERIMENT_REPLACED: Final = "ExperimentReplaced"
@@ -39,6 +44,7 @@ BUDGET_UPDATED: Final = "BudgetUpdated"
 BEST_TRIAL_IMPROVED: Final = "BestTrialImproved"
 TUNING_SUCCEEDED: Final = "TuningSucceeded"
 TUNING_FAILED: Final = "TuningFailed"
+PODS_RECOVERED: Final = "PodsRecovered"
 
 LABEL_KATIB_INJECTION: Final = "katib.kubeflow.org/metrics-collector-injection"
 KATIB_INSTALL_COMMAND: Final = (

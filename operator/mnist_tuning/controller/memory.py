@@ -35,6 +35,9 @@ class Memory:
 
     tunings: dict[Key, dict[str, Any]] = field(default_factory=dict)
     experiments: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # The pods of its trials and of its Experiment's suggestion, by name.
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)  # trial Jobs
     # The operator is the only writer of a tuning's status, so what it last wrote (by uid) is
     # the current status, even before the watch brings our own write back.
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -50,6 +53,8 @@ class Memory:
         with self.lock:
             self.last_write.pop(key, None)
             self.retries.pop(key, None)
+            self.pods.pop(key, None)
+            self.jobs.pop(key, None)
             if uid is not None:
                 self.written.pop(uid, None)
                 self.plans.pop(uid, None)

@@ -84,12 +84,15 @@ def mirrored_status(
     wanted_budget: Mapping[str, int],
     at: str,
     refused: Condition | None = None,
+    stuck: Condition | None = None,
 ) -> dict[str, Any]:
     """Our status from the Experiment now serving the spec, plus the operator's conditions.
 
     `observedGeneration` only moves to the tuning's generation once the Experiment runs
     its budget too; until the patch lands the old generation stays, and a `refused` budget
     patch stays visible as ExperimentAccepted=False while the Experiment runs on unchanged.
+    `stuck` (PodsHealthy=False, from `pods.pods_condition`) says which trial pod cannot
+    start or was killed; it is gone from the status once no pod is.
     """
     generation = tuning.metadata.generation
     summary = summarize(experiment, tuning)
@@ -106,6 +109,8 @@ def mirrored_status(
     if refused is not None and not current:
         own[-1] = refused
     own.append(trials_condition(summary.trials, str(summary.experiment), generation))
+    if stuck is not None:
+        own.append(stuck)
     katib = [
         cond.model_copy(update={"observed_generation": generation}) for cond in summary.conditions
     ]
@@ -211,6 +216,7 @@ def status_events(
         events.append(
             Event("Normal", c.BEST_TRIAL_IMPROVED, describe_best(new["best"], objective.metric))
         )
+    events.extend(_pod_events(old, new))
     ended = new.get("phase") in TERMINAL and not (
         same_experiment and old.get("phase") == new.get("phase")
     )
@@ -224,3 +230,18 @@ def status_events(
         else:
             events.append(Event("Warning", c.TUNING_FAILED, f"{said}{found}"))
     return events
+
+
+def _pod_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """Return a Warning when a trial pod gets into a new kind of trouble, a Normal after."""
+    before, now = (_pods_condition(old), _pods_condition(new))
+    if now is not None and (before is None or before.get("reason") != now.get("reason")):
+        return [Event("Warning", str(now.get("reason")), str(now.get("message")))]
+    if before is not None and now is None:
+        return [Event("Normal", c.PODS_RECOVERED, "no trial pod is in trouble any more")]
+    return []
+
+
+def _pods_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    conditions = status.get("conditions") or []
+    return next((d for d in conditions if d.get("type") == c.PODS_HEALTHY), None)

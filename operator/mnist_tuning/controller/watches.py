@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mnist_tuning.api.expand import LABEL_TUNING
 from mnist_tuning.api.spec import API_VERSION, KIND
 from mnist_tuning.controller.memory import Key, Memory
+from mnist_tuning.controller.pods import EXPERIMENT_LABEL
 from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.settings import OperatorSettings
 
@@ -59,6 +61,55 @@ class Watches:
                     del self.memory.experiments[key]
             else:
                 owned[meta["name"]] = trimmed(body, ("status",), EXPERIMENT_SPEC_KEYS)
+        self.queue.add(key, self._coalesced(key))
+
+    def saw_trial_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest of a tuning's trial pods (by our label); reconcile it, coalesced."""
+        meta = body["metadata"]
+        tuning = (meta.get("labels") or {}).get(LABEL_TUNING)
+        if tuning:
+            self._keep((meta["namespace"], str(tuning)), self.memory.pods, event_type, body)
+
+    def saw_trial_job(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest of a tuning's trial Jobs (by our label); reconcile it, coalesced."""
+        meta = body["metadata"]
+        tuning = (meta.get("labels") or {}).get(LABEL_TUNING)
+        if tuning:
+            self._keep((meta["namespace"], str(tuning)), self.memory.jobs, event_type, body)
+
+    def saw_suggestion_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest pod of a suggestion under the tuning whose Experiment it serves."""
+        meta = body["metadata"]
+        experiment = (meta.get("labels") or {}).get(EXPERIMENT_LABEL)
+        with self.memory.lock:
+            key = next(
+                (
+                    key
+                    for key, owned in self.memory.experiments.items()
+                    if key[0] == meta["namespace"] and experiment in owned
+                ),
+                None,
+            )
+        if key is not None:  # not one of ours
+            self._keep(key, self.memory.pods, event_type, body)
+
+    def _keep(
+        self,
+        key: Key,
+        kept: dict[Key, dict[str, dict[str, Any]]],
+        event_type: str | None,
+        body: Mapping[str, Any],
+    ) -> None:
+        """Keep (or drop) one pod or Job of a tuning in `kept`, then queue the tuning."""
+        name = body["metadata"]["name"]
+        with self.memory.lock:
+            objects = kept.setdefault(key, {})
+            if event_type == "DELETED":
+                objects.pop(name, None)
+                if not objects:
+                    del kept[key]
+            else:
+                objects[name] = trimmed(body, ("status",), ("activeDeadlineSeconds",))
         self.queue.add(key, self._coalesced(key))
 
     def _coalesced(self, key: Key) -> float:

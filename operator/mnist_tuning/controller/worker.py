@@ -20,6 +20,7 @@ from mnist_tuning.controller import conditions as c
 from mnist_tuning.controller.experiments import Experiments, created_event
 from mnist_tuning.controller.kube import Kube
 from mnist_tuning.controller.memory import Key, Memory, Plan
+from mnist_tuning.controller.pods import pods_condition
 from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.reconcile import (
     Event,
@@ -139,7 +140,16 @@ class Worker:
         experiment, patched = self.experiments.patch_budget(body, tuning, old, experiment, wanted)
         happened.extend(patched)
         self.experiments.delete_stale(mine, keep=name)
-        new = mirrored_status(tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now())
+        with self.memory.lock:
+            pods = list(self.memory.pods.get(key, {}).values())
+            jobs = list(self.memory.jobs.get(key, {}).values())
+        previous = next(
+            (d for d in old.get("conditions") or [] if d.get("type") == c.PODS_HEALTHY), None
+        )
+        stuck = pods_condition(pods, jobs, name, plan.generation, previous)
+        new = mirrored_status(
+            tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now(), stuck=stuck
+        )
         on_change = status_events(tuning, old, new)
         self.writer.write(body, old, new, happened=happened, on_change=on_change)
 
