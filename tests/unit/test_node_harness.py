@@ -9,12 +9,13 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 import tomllib
 import urllib.parse
 from pathlib import Path
 
 import pytest
-from node import configs, host, images, network
+from node import __main__, configs, host, images, network
 from node.host import Leftovers
 
 
@@ -255,3 +256,33 @@ def test_the_value_before_any_node_is_the_one_a_killed_run_saved(tmp_path: Path)
         "net.bridge.bridge-nf-call-iptables": "0",
     }
     assert saved.original("net.ipv4.ip_forward") == other
+
+
+@pytest.mark.parametrize(
+    ("argv", "parts"),
+    [(["down"], []), (["up", "--gitops"], []), (["stop", "kubelet", "containerd"],
+                                                 ["kubelet", "containerd"])],
+)  # fmt: skip
+def test_the_command_line_takes_parts_for_stop_and_start_only(
+    argv: list[str], parts: list[str]
+) -> None:
+    assert __main__.parse(argv).parts == parts
+
+
+@pytest.mark.parametrize("argv", [["stop"], ["start"], ["up", "kubelet"], ["stop", "kubelett"]])
+def test_a_command_line_without_parts_or_with_a_wrong_one_is_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        __main__.parse(argv)
+    assert exited.value.code == 2
+
+
+def test_an_exited_child_not_yet_reaped_no_longer_runs() -> None:
+    child = subprocess.Popen(["true"])
+    assert host.running(os.getpid())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    assert not host.running(child.pid)  # a zombie: /proc still has it
+    child.wait()
+    assert not host.running(child.pid)

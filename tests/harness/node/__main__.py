@@ -24,11 +24,11 @@ from node.host import HostError
 from node.node import PARTS, Node, NodeError, RunningNode, read_running, start_parts, stop_parts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, run the command, print one line per fact a person needs."""
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: parts are named for stop and start, and only there."""
     parser = argparse.ArgumentParser(prog="python -m node", description=__doc__)
     parser.add_argument("command", choices=("up", "down", "status", "stop", "start"))
-    parser.add_argument("parts", nargs="*", choices=PARTS, help="stop|start: the node's parts")
+    parser.add_argument("parts", nargs="*", help=f"stop|start: any of {', '.join(PARTS)}")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".katib-cluster")
     parser.add_argument("--bin-dir", type=Path, default=REPO_ROOT / ".cluster" / "bin")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.parts) != (args.command in ("stop", "start")):
         parser.error("name the parts to stop or start, and only then")
+    if unknown := [part for part in args.parts if part not in PARTS]:
+        parser.error(f"no such part: {', '.join(unknown)} (the parts: {', '.join(PARTS)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the command, print one line per fact a person needs."""
+    args = parse(argv)
     try:
         if args.command in ("stop", "start"):
             (stop_parts if args.command == "stop" else start_parts)(args.dir, args.parts)

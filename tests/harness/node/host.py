@@ -335,9 +335,19 @@ def signal_and_wait(pids: Iterable[int], sig: signal.Signals, grace_s: float) ->
             os.kill(pid, sig)
     deadline = time.monotonic() + grace_s
     while left and time.monotonic() < deadline:
-        left = [pid for pid in left if Path(f"/proc/{pid}").exists()]
+        left = [pid for pid in left if running(pid)]
         time.sleep(0.1)
-    return [pid for pid in left if Path(f"/proc/{pid}").exists()]
+    return [pid for pid in left if running(pid)]
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs: an exited child its parent has not reaped yet (a zombie, as
+    the node's processes are in the process that started them) has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _cgroup_tree(hierarchy: str | Path) -> list[Path]:

@@ -51,6 +51,7 @@ START_TIMEOUT_S = 180.0
 # The parts of a running node `stop_parts` and `start_parts` take down and bring back.
 PARTS = ("containerd", "kubelet", "etcd", "kube-apiserver")
 STOP_GRACE_S = 10.0
+RESTART_DELAY_S = 1.0  # before a part that exited at start is started again
 # The Debian userland the node's own tests run in: python3 serves HTTP, answers webhooks and
 # resolves names through glibc, like the images our product ships.
 TEST_USERLAND = images.DebianUserland("bookworm", ("python3",))
@@ -504,12 +505,27 @@ def stop_parts(root: Path, names: Sequence[str]) -> None:
 
 def start_parts(root: Path, names: Sequence[str]) -> None:
     """Start stopped parts again, in this order, each with the command line it first ran with;
-    return once each serves again."""
+    return once each serves again.
+
+    A part that exits before it serves is started again after `RESTART_DELAY_S`, as a node's
+    service manager does: a kubelet started right after containerd exits at once while
+    containerd's CRI server still initialises ("server is not initialized yet").
+    """
     layout = Layout(root.resolve())
     for name in names:
         recorded = json.loads((layout.pids / f"{name}.argv").read_text())
-        process = start_process(layout, name, recorded["argv"], recorded["env"])
-        wait_started(layout, f"{name} to serve again", _part_answers(layout, name), name, process)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            process = start_process(layout, name, recorded["argv"], recorded["env"])
+            try:
+                wait_started(
+                    layout, f"{name} to serve again", _part_answers(layout, name), name, process
+                )
+                break
+            except NodeError:
+                if process.poll() is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(RESTART_DELAY_S)
 
 
 def wait_started(
