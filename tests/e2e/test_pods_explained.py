@@ -35,7 +35,7 @@ from tunings import (
 
 MISSING_IMAGE = "127.0.0.1:5999/mnist-trainer:missing"  # a port of this machine, no registry
 MISSING_SUGGESTION = "127.0.0.1:5999/katib-suggestion:missing"
-STUCK_ALGORITHM = "sobol"  # its suggestion image is pointed at MISSING_SUGGESTION meanwhile
+STUCK_ALGORITHM = "bayesianoptimization"  # its suggestion image: MISSING_SUGGESTION, meanwhile
 # The bound: the condition within two minutes of the pod's own status saying so.
 EXPLAINED_WITHIN_S = 120
 POD_DEADLINE_S = 5 * 60
