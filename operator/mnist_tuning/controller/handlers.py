@@ -39,7 +39,6 @@ from mnist_tuning.api.expand import LABEL_TUNING
 from mnist_tuning.api.spec import GROUP, PLURAL, VERSION
 from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, Kube
 from mnist_tuning.controller.memory import Key, Memory
-from mnist_tuning.controller.pods import SUGGESTION_LABEL
 from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.settings import OperatorSettings
 from mnist_tuning.controller.watches import Watches
@@ -98,18 +97,12 @@ async def experiment_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_TUNING: kopf.PRESENT}, registry=registry)
-async def trial_pod_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Watch our trial pods (read only) to say why one cannot start or was killed."""
-    memo["watches"].saw_trial_pod(type, body)
+async def pod_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Watch our trial and suggestion pods (read only): why one cannot start or was killed."""
+    memo["watches"].saw_pod(type, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_TUNING: kopf.PRESENT}, registry=registry)
 async def trial_job_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Watch our trial Jobs (read only): one stopped at its deadline has no pod left to say so."""
     memo["watches"].saw_trial_job(type, body)
-
-
-@kopf.on.event("", "v1", "pods", labels={SUGGESTION_LABEL: kopf.PRESENT}, registry=registry)
-async def suggestion_pod_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Watch Katib's suggestion pods (read only): the ones of our Experiments are kept."""
-    memo["watches"].saw_suggestion_pod(type, body)

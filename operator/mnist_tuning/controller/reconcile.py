@@ -234,7 +234,7 @@ def status_events(
 
 def _pod_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
     """Return a Warning when a trial pod gets into a new kind of trouble, a Normal after."""
-    before, now = (_pods_condition(old), _pods_condition(new))
+    before, now = (pods_condition_of(old), pods_condition_of(new))
     if now is not None and (before is None or before.get("reason") != now.get("reason")):
         return [Event("Warning", str(now.get("reason")), str(now.get("message")))]
     if before is not None and now is None:
@@ -242,6 +242,7 @@ def _pod_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
     return []
 
 
-def _pods_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def pods_condition_of(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return the status's PodsHealthy condition, if it has one."""
     conditions = status.get("conditions") or []
     return next((d for d in conditions if d.get("type") == c.PODS_HEALTHY), None)

@@ -13,7 +13,6 @@ from typing import Any
 from mnist_tuning.api.expand import LABEL_TUNING
 from mnist_tuning.api.spec import API_VERSION, KIND
 from mnist_tuning.controller.memory import Key, Memory
-from mnist_tuning.controller.pods import EXPERIMENT_LABEL
 from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.settings import OperatorSettings
 
@@ -63,8 +62,12 @@ class Watches:
                 owned[meta["name"]] = trimmed(body, ("status",), EXPERIMENT_SPEC_KEYS)
         self.queue.add(key, self._coalesced(key))
 
-    def saw_trial_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """Keep the newest of a tuning's trial pods (by our label); reconcile it, coalesced."""
+    def saw_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep the newest of a tuning's pods (by our label); reconcile it, coalesced.
+
+        Its trials' pods carry the label from our Job template, and its suggestion's pods too:
+        Katib copies the Experiment's labels onto the Suggestion and from there onto its pods.
+        """
         meta = body["metadata"]
         tuning = (meta.get("labels") or {}).get(LABEL_TUNING)
         if tuning:
@@ -76,22 +79,6 @@ class Watches:
         tuning = (meta.get("labels") or {}).get(LABEL_TUNING)
         if tuning:
             self._keep((meta["namespace"], str(tuning)), self.memory.jobs, event_type, body)
-
-    def saw_suggestion_pod(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """Keep the newest pod of a suggestion under the tuning whose Experiment it serves."""
-        meta = body["metadata"]
-        experiment = (meta.get("labels") or {}).get(EXPERIMENT_LABEL)
-        with self.memory.lock:
-            key = next(
-                (
-                    key
-                    for key, owned in self.memory.experiments.items()
-                    if key[0] == meta["namespace"] and experiment in owned
-                ),
-                None,
-            )
-        if key is not None:  # not one of ours
-            self._keep(key, self.memory.pods, event_type, body)
 
     def _keep(
         self,

@@ -27,6 +27,7 @@ from mnist_tuning.controller.reconcile import (
     invalid_status,
     is_settled,
     mirrored_status,
+    pods_condition_of,
     status_events,
 )
 from mnist_tuning.controller.settings import OperatorSettings
@@ -143,10 +144,7 @@ class Worker:
         with self.memory.lock:
             pods = list(self.memory.pods.get(key, {}).values())
             jobs = list(self.memory.jobs.get(key, {}).values())
-        previous = next(
-            (d for d in old.get("conditions") or [] if d.get("type") == c.PODS_HEALTHY), None
-        )
-        stuck = pods_condition(pods, jobs, name, plan.generation, previous)
+        stuck = pods_condition(pods, jobs, name, plan.generation, pods_condition_of(old))
         new = mirrored_status(
             tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now(), stuck=stuck
         )

@@ -196,11 +196,6 @@ class Node:
     def _running(self, timings: Timings) -> RunningNode:
         return RunningNode(self.layout, self.plan, timings.marks)
 
-    def _succeeds(self, *argv: str) -> Callable[[], bool]:
-        return lambda: (
-            subprocess.run(list(argv), capture_output=True, timeout=10, check=False).returncode == 0
-        )
-
     # --- lifecycle -----------------------------------------------------------------------------
 
     def previous_roots(self) -> list[Path]:
@@ -272,7 +267,7 @@ class Node:
         default_hosts.write_text(default_registry_hosts())
         argv = ["containerd", "--config", str(config)]
         self._start("containerd", host.in_cgroup(host.containerd_cgroup(), argv))
-        self._wait("containerd to answer", self._succeeds("ctr", "version"), "containerd")
+        self._wait("containerd to answer", succeeds("ctr", "version"), "containerd")
 
     def _import_images(self) -> None:
         work = self.layout.var / "images"
@@ -352,7 +347,7 @@ class Node:
         kubectl = [str(layout.bin / "kubectl"), f"--kubeconfig={layout.kubeconfig}"]
         self._wait(
             "kube-apiserver ready",
-            self._succeeds(*kubectl, "get", "--raw", "/readyz"),
+            succeeds(*kubectl, "get", "--raw", "/readyz"),
             "kube-apiserver",
         )
         self._start(
@@ -478,18 +473,24 @@ def start_process(
     return process
 
 
+def succeeds(*argv: str) -> Callable[[], bool]:
+    """A readiness check: the command exits 0 within 10 s."""
+    return lambda: (
+        subprocess.run(list(argv), capture_output=True, timeout=10, check=False).returncode == 0
+    )
+
+
 def _part_answers(layout: Layout, name: str) -> Callable[[], bool]:
     """How a restarted part of the node shows it serves again."""
     if name == "containerd":
-        return lambda: subprocess.run(["ctr", "version"], capture_output=True, timeout=10,
-                                      check=False).returncode == 0  # fmt: skip
+        return succeeds("ctr", "version")
     if name == "etcd":
         argv = json.loads((layout.pids / "etcd.argv").read_text())["argv"]
         [urls] = [a.partition("=")[2] for a in argv if a.startswith("--listen-client-urls=")]
         return lambda: launcher.probe(f"{urls}/health", None)
     if name == "kube-apiserver":
-        return lambda: launcher.kubectl(layout.bin, layout.kubeconfig, "get", "--raw", "/readyz",
-                                        check=False, timeout=10).returncode == 0  # fmt: skip
+        kubectl = [str(layout.bin / "kubectl"), f"--kubeconfig={layout.kubeconfig}"]
+        return succeeds(*kubectl, "get", "--raw", "/readyz")
     return lambda: launcher.probe(f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz", None)
 
 
