@@ -12,6 +12,8 @@ from typing import Any
 import launcher
 import pytest
 import yaml
+from mnist_tuning.api.expand import TRIAL_SECURITY_CONTEXT
+from mnist_tuning.api.spec import ALGORITHMS
 from node.katib import (
     EARLY_STOPPING_IMAGE,
     NAMESPACE,
@@ -20,12 +22,15 @@ from node.katib import (
     SERVICES_MEMORY,
     manifests_dir,
     mariadb_image,
+    users_katib_config,
     write_overlay,
 )
 
 Objects = dict[tuple[str, str], dict[str, Any]]
 POD_WEBHOOK = "mutator.pod.katib.kubeflow.org"
 COMPONENT_LABEL = "katib.kubeflow.org/component"  # on every Katib pod, on no trial's
+# A suggestion's: the trial's, but in the image's own group (Katib's images are group 0's).
+RESTRICTED_CONTAINER = {k: v for k, v in TRIAL_SECURITY_CONTEXT.items() if k != "runAsGroup"}
 
 
 def rendered(directory: Path) -> Objects:
@@ -83,8 +88,9 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
     assert database["image"] == mariadb_image()
     assert {**database, "image": original["image"]} == original
 
+    # The node runs the katib-config users get from deploy/katib, with the stand-in's images.
     config = yaml.safe_load(ours[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
-    before = yaml.safe_load(upstream[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
+    before = yaml.safe_load(users_katib_config())
     moved = {
         s["algorithmName"]: s
         for s, b in zip(
@@ -97,6 +103,7 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
             "algorithmName": name,
             "image": SERVICES_IMAGE,
             "resources": {"limits": {"memory": SERVICES_MEMORY}},
+            "securityContext": RESTRICTED_CONTAINER,
         }
         for name in SERVED_BY_STAND_IN
     }
@@ -109,3 +116,22 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
     assert stopping["algorithmName"] == "medianstop"
     assert {**config, "runtime": {}} == {**before, "runtime": {}}
     assert config["runtime"]["metricsCollectors"] == before["runtime"]["metricsCollectors"]
+
+
+def test_users_katib_config_is_katibs_own_ready_for_restricted_pods(
+    both: tuple[Objects, Objects],
+) -> None:
+    """deploy/katib changes Katib's katib-config in two ways only: the collector copies the
+    trial container's securityContext, and the suggestions of the algorithms we offer run as
+    restricted pods (Katib builds their images for any user); early stopping has no field."""
+    upstream, _ = both
+    before = yaml.safe_load(upstream[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])
+    users = yaml.safe_load(users_katib_config())
+    assert users["init"]["controller"].pop("injectSecurityContext") is True
+    hardened = set()
+    for suggestion in users["runtime"]["suggestions"]:
+        if "securityContext" in suggestion:
+            assert suggestion.pop("securityContext") == RESTRICTED_CONTAINER
+            hardened.add(suggestion["algorithmName"])
+    assert hardened == set(ALGORITHMS)
+    assert users == before

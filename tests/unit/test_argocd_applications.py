@@ -148,11 +148,22 @@ def test_katibs_webhooks_sync_only_after_the_pods_they_would_refuse() -> None:
     }
 
 
-def test_katib_from_git_spares_its_own_pods_as_deploy_katib_does() -> None:
-    # Without it a katib-controller pod that is deleted can never be created again.
+@pytest.mark.parametrize(
+    "change",
+    [
+        "pod-webhook.yaml",  # without it a deleted katib-controller pod never comes back
+        "katib-config.yaml",  # without it a `restricted` namespace refuses the trials' pods
+    ],
+)
+def test_katib_from_git_gets_each_change_deploy_katib_makes(change: str) -> None:
     patches = apps_by_name()["katib"]["spec"]["source"]["kustomize"]["patches"]
-    ours = yaml.safe_load((ROOT / "deploy" / "katib" / "pod-webhook.yaml").read_text())
+    ours = yaml.safe_load((ROOT / "deploy" / "katib" / change).read_text())
     assert ours in [yaml.safe_load(entry["patch"]) for entry in patches]
-    assert {"path": "pod-webhook.yaml"} in yaml.safe_load(
+    assert {"path": change} in yaml.safe_load(
+        (ROOT / "deploy" / "katib" / "kustomization.yaml").read_text()
+    )["patches"]
+    ours = yaml.safe_load((ROOT / "deploy" / "katib" / "katib-config.yaml").read_text())
+    assert ours in [yaml.safe_load(entry["patch"]) for entry in patches]
+    assert {"path": "katib-config.yaml"} in yaml.safe_load(
         (ROOT / "deploy" / "katib" / "kustomization.yaml").read_text()
     )["patches"]

@@ -6,6 +6,7 @@ create is the object that runs, and a later comparison with the live Experiment 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -42,6 +43,18 @@ TRAINER_DATA_DIR = "/data"
 TRAINER_COMMAND = ("python", "-m", "mnist_trainer")
 DEFAULT_TRAINER_IMAGE = "ghcr.io/mnist-tuning/mnist-trainer:0.1.0"
 PRIMARY_CONTAINER = "training-container"
+TRAINER_UID = 65532  # the trainer image's own user (Dockerfile.trainer), named for any image
+# What the `restricted` Pod Security Standard asks of a container, on the trainer's own: Katib
+# copies the first container's securityContext onto its metrics collector when its katib-config
+# says `injectSecurityContext: true`, and a pod-level one would bind the collector with it off.
+TRIAL_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": TRAINER_UID,
+    "runAsGroup": TRAINER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 JOB_SUCCESS = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
 JOB_FAILURE = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 # Pods a trial may lose to faults that are not its own (its collector could not reach Katib's
@@ -187,6 +200,7 @@ def _job(tuning: MnistTuning, seed: int, default_image: str) -> dict[str, Any]:
         "image": trial.image or default_image,
         "command": _command(tuning, seed),
         "env": [{"name": METRICS_FILE_ENV, "value": METRICS_FILE_PATH}],
+        "securityContext": copy.deepcopy(TRIAL_SECURITY_CONTEXT),
     }
     if trial.resources is not None:
         # Katib's strict Job conversion refuses empty maps; an empty one means "none" anyway.

@@ -85,9 +85,12 @@ OVERLAY_CHANGES = (
     "the database is Debian's MariaDB in place of mysql:8.0.29, with the same environment",
     "a hostPath PersistentVolume for the katib-mysql claim (the node has no StorageClass)",
     "Katib's pod webhook leaves Katib's own pods alone, as deploy/katib makes it for users",
+    "katib-config is deploy/katib's (injectSecurityContext on, restricted suggestion "
+    "securityContexts), then with the stand-in's images as above",
 )
-# deploy/katib's change to Katib's install, which users get too.
+# deploy/katib's changes to Katib's install, which users get too.
 POD_WEBHOOK_PATCH = REPO_ROOT / "deploy" / "katib" / "pod-webhook.yaml"
+KATIB_CONFIG_PATCH = REPO_ROOT / "deploy" / "katib" / "katib-config.yaml"
 
 # The official mysql image's contract, as Katib's manifest uses it: MYSQL_ROOT_PASSWORD,
 # MYSQL_DATABASE, `--datadir DIR`, run as uid 999, probes calling `mysql`/`mysqladmin`.
@@ -169,10 +172,15 @@ def _archives(source_bin: Path, work: Path, cache: Path, mirror: str) -> list[Pa
     return archives
 
 
-def katib_config(upstream: str) -> str:
-    """The standalone katib-config with Katib's Python-served algorithms served by our
+def users_katib_config() -> str:
+    """The katib-config deploy/katib installs: Katib's own, ready for `restricted` pods."""
+    return str(yaml.safe_load(KATIB_CONFIG_PATCH.read_text())["data"]["katib-config.yaml"])
+
+
+def katib_config(users: str) -> str:
+    """deploy/katib's katib-config with Katib's Python-served algorithms served by our
     stand-in."""
-    config = yaml.safe_load(upstream)
+    config = yaml.safe_load(users)
     for suggestion in config["runtime"]["suggestions"]:
         if suggestion["algorithmName"] in SERVED_BY_STAND_IN:
             suggestion["image"] = SERVICES_IMAGE
@@ -268,10 +276,7 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
         path.chmod(0o755 if path.is_dir() else 0o644)
     overlay = target / "offline-node"
     overlay.mkdir()
-    standalone = target / "v1beta1" / "installs" / "katib-standalone"
-    (overlay / "katib-config.yaml").write_text(
-        katib_config((standalone / "katib-config.yaml").read_text())
-    )
+    (overlay / "katib-config.yaml").write_text(katib_config(users_katib_config()))
     volume_manifest = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
