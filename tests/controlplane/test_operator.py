@@ -27,7 +27,7 @@ import yaml
 from katib_standin import KATIB_INJECTION_LABEL, KatibStandIn
 from kubernetes import client, config, watch
 from launcher import REPO_ROOT, ControlPlane, free_port
-from mnist_tuning.api.expand import expand
+from mnist_tuning.api.expand import TRIAL_SECURITY_CONTEXT, expand
 from mnist_tuning.api.spec import GROUP, PLURAL, VERSION, parse_tuning
 from mnist_tuning.controller import conditions as c
 from mnist_tuning.controller.kube import EXPERIMENTS, KATIB_GROUP, KATIB_VERSION, RBAC_DENIAL
@@ -803,6 +803,56 @@ def test_a_trial_pod_that_cannot_pull_its_image_is_named_with_the_fix_until_it_r
     )
 
 
+def test_a_trial_job_whose_pod_the_namespace_refuses_is_named_with_katibs_option(
+    cluster: Cluster, katib: KatibStandIn, operator: Operator
+) -> None:
+    """The real Job controller and the API server's PodSecurity admission: the refusal is
+    only in the Job's FailedCreate Event, and the condition goes with the Job."""
+    cluster.kubectl(
+        "label", "namespace", cluster.ns, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    name = cluster.start("refused", max_trials=2)
+    katib.create(cluster.ns, name)
+    trial = f"{name}-t1"
+    katib.run(cluster.ns, name, running=[trial])
+    labels = {"tuning.mnist.dev/name": "refused"}
+    containers = [  # the trainer restricted, Katib's collector as Katib injects it by default
+        {
+            "name": "training-container",
+            "image": STUCK_IMAGE,
+            "securityContext": TRIAL_SECURITY_CONTEXT,
+        },
+        {"name": "metrics-logger-and-collector", "image": STUCK_IMAGE},
+    ]
+    cluster.apply(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": trial, "labels": labels},
+            "spec": {
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never", "containers": containers},
+                }
+            },
+        }
+    )
+    cond = wait_for(lambda: cluster.condition("refused", c.PODS_HEALTHY), "PodsHealthy")
+    assert (cond["status"], cond["reason"]) == ("False", c.POD_REFUSED)
+    for words in (f"trial {trial}", "violates PodSecurity", "injectSecurityContext: true"):
+        assert words in cond["message"], cond["message"]
+    assert cluster.event("refused", c.POD_REFUSED, trial)
+
+    cluster.kubectl("delete", "job", trial, "-n", cluster.ns, "--cascade=foreground")
+    wait_for(
+        lambda: (
+            cluster.condition("refused", c.PODS_HEALTHY) is None
+            and cluster.event("refused", c.PODS_RECOVERED)
+        ),
+        "the condition gone with the Job, and the Normal Event",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # RBAC: what the ServiceAccount may and may not do
 
@@ -818,6 +868,7 @@ TUNINGS = "mnisttunings.tuning.mnist.dev"
         ("patch", f"{TUNINGS} --subresource=status", True),
         ("watch", TUNINGS, True),
         ("create", "events", True),
+        ("watch", "events", True),  # the Job controller's FailedCreate: a refused trial pod
         # Trimmed: kopf keeps no bookkeeping on tunings, and nothing reads or updates them
         # beyond the watch, the status patch and one Event per post.
         ("patch", TUNINGS, False),

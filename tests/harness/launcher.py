@@ -4,9 +4,9 @@ The binaries come from `tests/harness/build.sh` (`make binaries`). A supervisor 
 three servers: it is the leader of its own session and process group, starts etcd, then
 kube-apiserver (client-certificate authentication, RBAC, service-account tokens), installs the
 given CRDs, then kube-controller-manager (garbage collector, namespaces, service accounts and
-their tokens), writes `state.json` when everything is ready, and on SIGTERM stops the servers in
-reverse order. The same supervisor serves the pytest fixtures (it also stops when the test
-process dies) and `cluster.py up` (it outlives the command).
+their tokens, Jobs), writes `state.json` when everything is ready, and on SIGTERM stops the
+servers in reverse order. The same supervisor serves the pytest fixtures (it also stops when the
+test process dies) and `cluster.py up` (it outlives the command).
 
 Layout of a run directory: `pki/` keys and certificates, `etcd/` data, `logs/*.log`,
 `kubeconfig` (admin, group system:masters), `state.json` (supervisor pid, server URL).
@@ -53,6 +53,7 @@ KCM_CONTROLLERS = (
     "serviceaccount-token",
     "clusterrole-aggregation",
     "root-ca-cert-publisher",
+    "job",  # its FailedCreate Events: a trial pod the namespace refuses
 )
 
 

@@ -7,15 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mnist_tuning.api.expand import LABEL_TUNING
 from mnist_tuning.api.spec import parse_tuning
 from mnist_tuning.controller import conditions as c
+from mnist_tuning.controller.memory import Key, Memory
 from mnist_tuning.controller.pods import (
     EXPERIMENT_LABEL,
     SUGGESTION_LABEL,
     TRIAL_LABEL,
     pods_condition,
 )
+from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.reconcile import mirrored_status, status_events
+from mnist_tuning.controller.settings import OperatorSettings
+from mnist_tuning.controller.watches import Watches
 
 EXPERIMENT = "t-abc"
 BUDGET = {"maxTrialCount": 4, "parallelTrialCount": 2, "maxFailedTrialCount": 1}
@@ -192,3 +197,95 @@ def test_a_kill_stays_shown_after_katib_deletes_the_trials_pods_a_pull_failure_d
     assert pulled is not None
     gone = pulled.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert pods_condition([RUNNING], [], EXPERIMENT, 1, previous=gone) is None
+
+
+def watched(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    """`body` as the watch brings it: its kind, its namespace and our label."""
+    meta = body["metadata"]
+    labels = {**meta.get("labels", {}), LABEL_TUNING: "t"}
+    return {**body, "kind": kind, "metadata": {**meta, "namespace": "ns", "labels": labels}}
+
+
+def test_the_watch_keeps_a_killed_pod_or_job_past_its_deletion_and_drops_the_others() -> None:
+    """Katib deletes a failed trial's Job and pods within seconds: a coalesced reconcile that
+    runs after the deletion still finds the kill, and nothing else outlives its object."""
+    watches = Watches(Memory(), DelayQueue[Key](), OperatorSettings())
+    key = ("ns", "t")
+    oom, stopped = watched(OOM, "Pod"), watched(job(f"{EXPERIMENT}-g", "DeadlineExceeded"), "Job")
+    for body in (oom, watched(RUNNING, "Pod")):
+        watches.saw_pod("MODIFIED", body)
+        watches.saw_pod("DELETED", body)
+    for body in (stopped, watched(job(f"{EXPERIMENT}-h", "BackoffLimitExceeded"), "Job")):
+        watches.saw_trial_job("MODIFIED", body)
+        watches.saw_trial_job("DELETED", body)
+    assert set(watches.memory.pods[key]) == {oom["metadata"]["name"]}
+    assert set(watches.memory.jobs[key]) == {stopped["metadata"]["name"]}
+    cond = pods_condition(watches.memory.pods[key].values(), [], EXPERIMENT, 1)
+    assert cond is not None
+    assert cond.reason == c.OOM_KILLED
+    watches.memory.forget(key, None)
+    assert key not in watches.memory.pods
+    assert key not in watches.memory.jobs
+
+
+# The Job controller's Event, as kube-controller-manager writes it in a restricted namespace
+# whose Katib leaves the collector without a securityContext.
+REFUSAL = (
+    'Error creating: pods "t-abc-k-x1y2z" is forbidden: violates PodSecurity "restricted:latest": '
+    'allowPrivilegeEscalation != false (container "metrics-logger-and-collector" must set '
+    "securityContext.allowPrivilegeEscalation=false)"
+)
+
+
+def test_a_trial_job_whose_pod_is_refused_names_the_refusal_and_katibs_option() -> None:
+    refused = job(f"{EXPERIMENT}-k", "none")
+    refused["status"] = {}
+    cond = pods_condition(
+        [RUNNING], [refused], EXPERIMENT, 1, refusals={f"{EXPERIMENT}-k": REFUSAL}
+    )
+    assert cond is not None
+    assert (cond.status, cond.reason) == ("False", c.POD_REFUSED)
+    for words in (f"trial {EXPERIMENT}-k", REFUSAL, "injectSecurityContext: true",
+                  "rollout restart deployment/katib-controller"):  # fmt: skip
+        assert words in cond.message, cond.message
+    # The trainer's own container refused: the namespace's policy, not Katib's option.
+    own = REFUSAL.replace("metrics-logger-and-collector", "training-container")
+    cond = pods_condition([], [refused], EXPERIMENT, 1, refusals={f"{EXPERIMENT}-k": own})
+    assert cond is not None
+    assert "pod-security.kubernetes.io/enforce" in cond.message
+    assert "injectSecurityContext" not in cond.message
+    # Katib's webhook down (its controller restarting): a refusal too, with its own fix.
+    unanswered = (
+        'Error creating: Internal error occurred: failed calling webhook "mutator.pod.katib'
+        '.kubeflow.org": connect: connection refused'
+    )
+    cond = pods_condition([], [refused], EXPERIMENT, 1, refusals={f"{EXPERIMENT}-k": unanswered})
+    assert cond is not None
+    assert "kubectl -n kubeflow get pods" in cond.message
+    # Gone once the Job has a pod, or for a Job of another Experiment.
+    started = pod(f"{EXPERIMENT}-k", containerStatuses=[container(running={})])
+    refusals = {f"{EXPERIMENT}-k": REFUSAL}
+    assert pods_condition([started], [refused], EXPERIMENT, 1, refusals=refusals) is None
+    assert pods_condition([], [refused], "t-new", 2, refusals=refusals) is None
+
+
+def test_the_watch_keeps_a_refusal_under_the_tuning_of_its_job_until_the_job_goes() -> None:
+    watches = Watches(Memory(), DelayQueue[Key](), OperatorSettings())
+    key = ("ns", "t")
+    trial_job = watched(job(f"{EXPERIMENT}-k", "none"), "Job")
+    event = {
+        "kind": "Event",
+        "reason": "FailedCreate",
+        "message": REFUSAL,
+        "involvedObject": {"kind": "Job", "namespace": "ns", "name": f"{EXPERIMENT}-k"},
+    }
+    watches.saw_refusal("ADDED", event)  # before its Job is seen: nobody's yet
+    assert watches.memory.refusals == {}
+    watches.saw_trial_job("ADDED", trial_job)
+    watches.saw_refusal("MODIFIED", event)  # the Job controller tried again
+    other = {**event, "involvedObject": {**event["involvedObject"], "namespace": "elsewhere"}}
+    watches.saw_refusal("ADDED", other)
+    watches.saw_refusal("ADDED", {**event, "involvedObject": {"kind": "ReplicaSet"}})
+    assert watches.memory.refusals == {key: {f"{EXPERIMENT}-k": REFUSAL}}
+    watches.saw_trial_job("DELETED", trial_job)
+    assert watches.memory.refusals == {}

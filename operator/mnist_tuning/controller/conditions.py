@@ -37,6 +37,7 @@ IMAGE_PULL_FAILED: Final = "ImagePullFailed"
 UNSCHEDULABLE: Final = "Unschedulable"
 OOM_KILLED: Final = "OOMKilled"
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+POD_REFUSED: Final = "PodRefused"  # the API server refused the trial Job's pod (admission)
 # Reasons that only Events carry (Warning Events reuse the condition reasons above).
 EXPERIMENT_RECREATED: Final = "ExperimentRecreated"
 EXPERIMENT_REPLACED: Final = "ExperimentReplaced"

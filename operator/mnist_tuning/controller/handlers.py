@@ -106,3 +106,9 @@ async def pod_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> No
 async def trial_job_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Watch our trial Jobs (read only): one stopped at its deadline has no pod left to say so."""
     memo["watches"].saw_trial_job(type, body)
+
+
+@kopf.on.event("", "v1", "events", field="reason", value="FailedCreate", registry=registry)
+async def refusal_seen(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Watch the Job controller's FailedCreate Events: why a trial Job's pod was refused."""
+    memo["watches"].saw_refusal(type, body)

@@ -38,6 +38,8 @@ class Memory:
     # The pods of its trials and of its Experiment's suggestion, by name.
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     jobs: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)  # trial Jobs
+    # Why the API server refused a trial Job's pod (the Job controller's Event), by Job name.
+    refusals: dict[Key, dict[str, str]] = field(default_factory=dict)
     # The operator is the only writer of a tuning's status, so what it last wrote (by uid) is
     # the current status, even before the watch brings our own write back.
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -55,6 +57,7 @@ class Memory:
             self.retries.pop(key, None)
             self.pods.pop(key, None)
             self.jobs.pop(key, None)
+            self.refusals.pop(key, None)
             if uid is not None:
                 self.written.pop(uid, None)
                 self.plans.pop(uid, None)

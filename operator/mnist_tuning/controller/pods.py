@@ -24,6 +24,13 @@ EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
 # The kubelet's waiting reasons for an image it cannot get.
 PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 KILLS = frozenset({c.OOM_KILLED, c.DEADLINE_EXCEEDED})  # shown for the Experiment's life
+COLLECTOR_CONTAINER = "metrics-logger-and-collector"  # the sidecar Katib's webhook injects
+KATIB_SECURITY_FIX = (
+    "Katib's metrics collector has no securityContext: set init.controller."
+    "injectSecurityContext: true in Katib's katib-config (kubectl -n kubeflow edit configmap "
+    "katib-config), then kubectl -n kubeflow rollout restart deployment/katib-controller, as "
+    "deploy/katib does; the trial then runs as a restricted pod"
+)
 KATIB_CONFIG_FIX = (
     "Katib's katib-config names the image for the algorithm: make it pullable by the nodes, or "
     "change runtime.suggestions[].image for spec.algorithm.name with kubectl -n kubeflow edit "
@@ -62,6 +69,30 @@ def _whose(pod: Mapping[str, Any], experiment: str) -> _Whose | None:
     return None
 
 
+def _oom_killed(container: Mapping[str, Any]) -> bool:
+    ended = (container.get("state") or {}).get("terminated") or {}
+    return container.get("name") == PRIMARY_CONTAINER and ended.get("reason") == "OOMKilled"
+
+
+def _stopped_at_deadline(job: Mapping[str, Any]) -> bool:
+    return any(
+        condition.get("type") == "Failed" and condition.get("reason") == "DeadlineExceeded"
+        for condition in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def killed(pod_or_job: Mapping[str, Any]) -> bool:
+    """Whether a trial pod's trainer was OOM-killed, or a trial Job stopped at its deadline.
+
+    Katib deletes a failed trial's Job and pods within seconds, often before a coalesced
+    reconcile reads them: the watch keeps such a one after its deletion, for this.
+    """
+    if pod_or_job.get("kind") == "Job":
+        return _stopped_at_deadline(pod_or_job)
+    statuses = (pod_or_job.get("status") or {}).get("containerStatuses") or []
+    return any(_oom_killed(container) for container in statuses)
+
+
 def _trouble(pod: Mapping[str, Any], whose: _Whose) -> tuple[str, str] | None:
     """Return the reason and message for a pod that cannot start or whose trainer was killed."""
     status = pod.get("status") or {}
@@ -73,7 +104,7 @@ def _trouble(pod: Mapping[str, Any], whose: _Whose) -> tuple[str, str] | None:
                 f"{whose.where} cannot pull image {container.get('image')} ({waiting['reason']}: "
                 f"{waiting.get('message', '')}). Fix: {whose.pull_fix}"
             )
-        if container.get("name") == PRIMARY_CONTAINER and ended.get("reason") == "OOMKilled":
+        if _oom_killed(container):
             return c.OOM_KILLED, (
                 f"{whose.where}: the trainer ran out of memory and was killed (OOMKilled, exit "
                 f"{ended.get('exitCode')}). Fix: raise spec.trial.resources.limits.memory, "
@@ -96,15 +127,44 @@ def _deadline(job: Mapping[str, Any], experiment: str) -> tuple[str, str] | None
     trial = str((job.get("metadata") or {}).get("name"))
     if not trial.startswith(f"{experiment}-"):
         return None
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("reason") == "DeadlineExceeded":
-            limit = (job.get("spec") or {}).get("activeDeadlineSeconds")
-            return c.DEADLINE_EXCEEDED, (
-                f"trial {trial} ran longer than spec.trial.timeoutSeconds ({limit} s) and was "
-                "stopped (DeadlineExceeded). Fix: raise spec.trial.timeoutSeconds, or lower "
-                "spec.fixed.epochs"
-            )
-    return None
+    if not _stopped_at_deadline(job):
+        return None
+    limit = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    return c.DEADLINE_EXCEEDED, (
+        f"trial {trial} ran longer than spec.trial.timeoutSeconds ({limit} s) and was "
+        "stopped (DeadlineExceeded). Fix: raise spec.trial.timeoutSeconds, or lower "
+        "spec.fixed.epochs"
+    )
+
+
+def _refused(
+    job: Mapping[str, Any], experiment: str, refusal: str | None
+) -> tuple[str, str] | None:
+    """Return the reason and message for a trial Job whose pod the API server refused."""
+    trial = str((job.get("metadata") or {}).get("name"))
+    if refusal is None or not trial.startswith(f"{experiment}-"):
+        return None
+    if "failed calling webhook" in refusal:
+        fix = (
+            "a webhook did not answer, often Katib's, while katib-controller is down or "
+            "restarting: kubectl -n kubeflow get pods; the Job controller tries again, and this "
+            "clears once the pod is created"
+        )
+    elif "PodSecurity" in refusal and f'"{COLLECTOR_CONTAINER}"' in refusal:
+        fix = KATIB_SECURITY_FIX
+    elif "PodSecurity" in refusal:
+        fix = (
+            "the namespace's pod-security.kubernetes.io/enforce label refuses the trial's pod: "
+            "relax it, or run the tuning in a namespace that allows the trial's securityContext"
+        )
+    else:
+        fix = (
+            f"an admission policy or quota of the namespace refuses it: kubectl describe job "
+            f"{trial} says which; change the policy, or spec.trial.resources to fit the quota"
+        )
+    return c.POD_REFUSED, (
+        f"trial {trial} has no pod: the API server refused it ({refusal}). Fix: {fix}"
+    )
 
 
 def pods_condition(
@@ -113,20 +173,28 @@ def pods_condition(
     experiment: str,
     generation: int | None,
     previous: Mapping[str, Any] | None = None,
+    refusals: Mapping[str, str] | None = None,
 ) -> Condition | None:
     """Return PodsHealthy=False for the first troubled pod (or trial Job) of `experiment`.
 
     The first by name, so the message does not flap; None while every one starts and runs.
     Katib deletes a finished trial's Job and pods, so a trial killed for memory or time would
     vanish with them: that cause stays (from the `previous` status) for the Experiment's life.
+    A Job's pod refused by the API server (`refusals`, by Job name) is trouble until the Job
+    has a pod.
     """
+    pods, refusals = list(pods), refusals or {}
+    started = {str((p.get("metadata") or {}).get("labels", {}).get(TRIAL_LABEL)) for p in pods}
     troubles = []
     for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
         whose = _whose(pod, experiment)
         if whose is not None and (trouble := _trouble(pod, whose)) is not None:
             troubles.append(trouble)
     for job in sorted(jobs, key=lambda j: str((j.get("metadata") or {}).get("name"))):
-        if (trouble := _deadline(job, experiment)) is not None:
+        name = str((job.get("metadata") or {}).get("name"))
+        refused = None if name in started else refusals.get(name)
+        trouble = _deadline(job, experiment) or _refused(job, experiment, refused)
+        if trouble is not None:
             troubles.append(trouble)
     if not troubles:
         if (

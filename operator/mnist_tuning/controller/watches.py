@@ -13,6 +13,7 @@ from typing import Any
 from mnist_tuning.api.expand import LABEL_TUNING
 from mnist_tuning.api.spec import API_VERSION, KIND
 from mnist_tuning.controller.memory import Key, Memory
+from mnist_tuning.controller.pods import killed
 from mnist_tuning.controller.queue import DelayQueue
 from mnist_tuning.controller.settings import OperatorSettings
 
@@ -77,8 +78,35 @@ class Watches:
         """Keep the newest of a tuning's trial Jobs (by our label); reconcile it, coalesced."""
         meta = body["metadata"]
         tuning = (meta.get("labels") or {}).get(LABEL_TUNING)
-        if tuning:
-            self._keep((meta["namespace"], str(tuning)), self.memory.jobs, event_type, body)
+        if not tuning:
+            return
+        key = (meta["namespace"], str(tuning))
+        if event_type == "DELETED":
+            with self.memory.lock:
+                refused = self.memory.refusals.get(key, {})
+                refused.pop(meta["name"], None)
+                if not refused:
+                    self.memory.refusals.pop(key, None)
+        self._keep(key, self.memory.jobs, event_type, body)
+
+    def saw_refusal(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Keep why the API server refused a trial Job's pod; reconcile its tuning, coalesced.
+
+        The Job controller says so only in an Event on the Job (`FailedCreate`): the Job's
+        status does not change, and there is no pod. Its tuning is the one whose trial Jobs
+        the watch has seen by that name; an Event before its Job is seen again when the Job
+        controller retries.
+        """
+        regarding = body.get("involvedObject") or {}
+        if event_type == "DELETED" or regarding.get("kind") != "Job":
+            return
+        namespace, job = regarding.get("namespace"), regarding.get("name")
+        with self.memory.lock:
+            keys = [k for k, jobs in self.memory.jobs.items() if k[0] == namespace and job in jobs]
+            for key in keys:
+                self.memory.refusals.setdefault(key, {})[str(job)] = str(body.get("message"))
+        for key in keys:
+            self.queue.add(key, self._coalesced(key))
 
     def _keep(
         self,
@@ -87,11 +115,15 @@ class Watches:
         event_type: str | None,
         body: Mapping[str, Any],
     ) -> None:
-        """Keep (or drop) one pod or Job of a tuning in `kept`, then queue the tuning."""
+        """Keep (or drop) one pod or Job of a tuning in `kept`, then queue the tuning.
+
+        A killed one is kept after its deletion, until the tuning goes: its cause is shown for
+        the Experiment's life, and Katib deletes it before a coalesced reconcile may run.
+        """
         name = body["metadata"]["name"]
         with self.memory.lock:
             objects = kept.setdefault(key, {})
-            if event_type == "DELETED":
+            if event_type == "DELETED" and not killed(body):
                 objects.pop(name, None)
                 if not objects:
                     del kept[key]

@@ -144,7 +144,10 @@ class Worker:
         with self.memory.lock:
             pods = list(self.memory.pods.get(key, {}).values())
             jobs = list(self.memory.jobs.get(key, {}).values())
-        stuck = pods_condition(pods, jobs, name, plan.generation, pods_condition_of(old))
+            refusals = dict(self.memory.refusals.get(key, {}))
+        stuck = pods_condition(
+            pods, jobs, name, plan.generation, pods_condition_of(old), refusals=refusals
+        )
         new = mirrored_status(
             tuning, experiment, old, wanted_budget=budget_of(wanted), at=c.now(), stuck=stuck
         )
