@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the control-plane binaries the test tiers run against, from the Go module proxy.
 # `build.sh node` also builds the single-node cluster's programs (tests/harness/node): kubelet,
-# kube-scheduler, kube-proxy, CoreDNS, the pod sandbox's pause, and Katib's controller, DB
-# manager, file metrics collector and goptuna suggestion service. `build.sh gitops` builds all
+# kube-scheduler, kube-proxy, CoreDNS, the pod sandbox's pause, distribution's registry (the
+# node's private registry), and Katib's controller, DB manager, file metrics collector and
+# goptuna suggestion service. `build.sh gitops` builds all
 # that plus the gitops tier's programs: Argo CD (one binary, every component), kustomize (Argo
 # CD's repo-server runs it) and our loopback Git server (tests/harness/node/gitserver), and
 # copies Argo CD's CRDs and base configuration from its module into .cluster/argocd/manifests/.
@@ -122,6 +123,9 @@ if $with_node; then
   build_component coredns node/coredns "$coredns_version" "" .=coredns
   pause_hash="$(sha256sum "$here/node/pause/"{main.go,go.mod} | sha256sum | cut -c1-12)"
   build_component pause node/pause "$pause_hash" "" .=pause
+  registry_version="$(module_version node/distribution github.com/distribution/distribution/v3)"
+  build_component registry node/distribution "$registry_version" "" \
+    github.com/distribution/distribution/v3/cmd/registry=registry
   katib_node_version="$(module_version node/katib-programs github.com/kubeflow/katib)"
   katib_cmd=github.com/kubeflow/katib/cmd
   build_component katib-node node/katib-programs "$katib_node_version" "" \

@@ -15,7 +15,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from node import __main__, configs, host, images, network
+import yaml
+from node import __main__, configs, host, images, network, registry
 from node.host import Leftovers
 
 
@@ -188,6 +189,28 @@ def test_every_registry_but_those_named_goes_to_a_dead_port_on_loopback(tmp_path
     server = urllib.parse.urlsplit(hosts["server"])
     assert ipaddress.ip_address(server.hostname or "").is_loopback
     assert server.port == 9
+
+
+def test_the_private_registry_listens_on_loopback_over_tls_with_a_login_containerd_trusts(
+    tmp_path: Path,
+) -> None:
+    files = [tmp_path / n for n in ("storage", "registry.crt", "registry.key", "htpasswd")]
+    settings = yaml.safe_load(registry.config(5443, *files))
+    assert settings["http"] == {
+        "addr": "127.0.0.1:5443",
+        "tls": {"certificate": str(files[1]), "key": str(files[2])},
+    }
+    assert settings["auth"] == {"htpasswd": {"realm": registry.REALM, "path": str(files[3])}}
+    assert settings["storage"]["filesystem"] == {"rootdirectory": str(files[0])}
+    assert "notifications" not in settings  # it sends nothing anywhere
+    hosts = tomllib.loads(registry.containerd_hosts("127.0.0.1:5443", tmp_path / "ca.crt"))
+    assert hosts["server"] == "https://127.0.0.1:5443"
+    assert hosts["host"] == {
+        "https://127.0.0.1:5443": {
+            "capabilities": ["pull", "resolve"],
+            "ca": str(tmp_path / "ca.crt"),
+        }
+    }
 
 
 def test_the_address_ranges_are_benchmarking_space_only() -> None:

@@ -14,7 +14,9 @@ and the node, e2e and gitops tiers' fixtures use.
 - `node.pki`: the run's certificates and kubeconfigs.
 - `node.katib`, `node.product`: real Katib v0.19.0, and our CRD and operator, on the node.
 - `node.gitops`: Argo CD and a Git server serving this checkout; Argo CD installs the rest.
-- `coredns/`, `pause/`: Go programs the node runs in pods, built by `build.sh node`.
+- `node.registry`: a private registry on loopback (TLS, a login), as a user's registry is.
+- `coredns/`, `pause/`: Go programs the node runs in pods, built by `build.sh node`;
+  `distribution/`: a wrapper module pinning distribution's registry, built there too.
 - `argocd/`, `kustomize/`, `gitserver/`: the gitops tier's programs, built by `build.sh gitops`:
   wrapper modules pinning Argo CD and kustomize, and our loopback Git server.
 """

@@ -20,10 +20,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,16 @@ from typing import Any
 import yaml
 from launcher import free_port, wait_for
 
-from node import host, katib, product
-from node.node import NodeError, RunningNode, start_process, wait_started
+from node import katib, product
+from node.node import (
+    NodeError,
+    RunningNode,
+    end_processes,
+    install_program,
+    listening,
+    start_process,
+    wait_started,
+)
 
 NAMESPACE = "argocd"
 BRANCH = "main"
@@ -173,6 +179,31 @@ def serve_application(text: str, url: str, fields: Mapping[str, str]) -> str:
     return served
 
 
+def without_katib_config(text: str) -> str:
+    """The Katib Application without its katib-config patch and that patch's comment, every
+    other line as written: the node's overlay already has that katib-config with the node's
+    images in it (`node.katib` tests that the two are the same)."""
+    root = yaml.compose(text)
+    spec = _value(root, "spec")
+    patches = _value(_value(_value(spec, "source"), "kustomize"), "patches")
+    [item] = [
+        node
+        for node in patches.value
+        if yaml.safe_load(str(_value(node, "patch").value))["kind"] == "ConfigMap"
+    ]
+    lines = text.splitlines(keepends=True)
+    first, end = item.start_mark.line, item.end_mark.line
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    return "".join(lines[:first] + lines[end:])
+
+
+def _value(mapping: yaml.Node, key: str) -> yaml.Node:
+    """The value node of `key` in a composed YAML mapping."""
+    [value] = [v for k, v in mapping.value if k.value == key]
+    return value
+
+
 def project_files(repo_root: Path) -> list[str]:
     """The checkout's files as Git sees them: tracked and new ones, never ignored ones."""
     listed = git(repo_root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
@@ -196,6 +227,8 @@ def write_served_tree(
         shutil.copy2(repo_root / name, tree / name)
     for name, fields in SERVED_CHANGES.items():
         (tree / name).write_text(serve_application((tree / name).read_text(), url, fields))
+    katib_app = tree / "deploy/argocd/apps/katib.yaml"
+    katib_app.write_text(without_katib_config(katib_app.read_text()))
     katib.write_overlay(katib_manifests, tree / Path(KATIB_PATH).parent, mysql_volume)
     overlay = tree / OPERATOR_PATH
     overlay.mkdir(parents=True)
@@ -206,23 +239,6 @@ def write_served_tree(
 
 
 # --- processes ------------------------------------------------------------------------------------
-
-
-def _listening(port: int) -> Callable[[], bool]:
-    """A readiness check: something accepts connections on 127.0.0.1:`port`."""
-
-    def ready() -> bool:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-
-    return ready
-
-
-def _install_program(node: RunningNode, source: Path) -> Path:
-    target = node.layout.bin / source.name
-    target.unlink(missing_ok=True)
-    shutil.copy2(source, target)
-    return target
 
 
 def _argocd_env(node: RunningNode, component: str) -> dict[str, str]:
@@ -254,20 +270,20 @@ def _argocd_env(node: RunningNode, component: str) -> dict[str, str]:
 
 def start_git_server(node: RunningNode, source_bin: Path, served: Path) -> str:
     """Our Git server on loopback over the folder of bare repositories; the base URL."""
-    program = _install_program(node, source_bin / "gitserver")
+    program = install_program(node.layout, source_bin / "gitserver")
     port = free_port()
     argv = [str(program), f"--listen=127.0.0.1:{port}", f"--root={served}"]
     process = start_process(node.layout, "gitserver", argv)
-    wait_started(node.layout, "the Git server to listen", _listening(port), "gitserver", process)
+    wait_started(node.layout, "the Git server to listen", listening(port), "gitserver", process)
     return f"http://127.0.0.1:{port}"
 
 
 def start_argocd(node: RunningNode, source_bin: Path) -> None:
     """Redis, the repo server and the application controller, each on loopback ports."""
     bin_dir = node.layout.bin
-    redis = _install_program(node, Path("/usr/bin/redis-server"))
+    redis = install_program(node.layout, Path("/usr/bin/redis-server"))
     for program in ("argocd", "kustomize"):
-        _install_program(node, source_bin / program)
+        install_program(node.layout, source_bin / program)
     wrapper = bin_dir / "git-verify-wrapper.sh"
     wrapper.write_text(VERIFY_WRAPPER)
     wrapper.chmod(0o755)
@@ -275,14 +291,14 @@ def start_argocd(node: RunningNode, source_bin: Path) -> None:
     argv = [str(redis), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
             "--appendonly", "no", "--protected-mode", "yes"]  # fmt: skip
     process = start_process(node.layout, "redis", argv)
-    wait_started(node.layout, "Redis to listen", _listening(redis_port), "redis", process)
+    wait_started(node.layout, "Redis to listen", listening(redis_port), "redis", process)
     redis_address = f"127.0.0.1:{redis_port}"
     argv = [str(bin_dir / "argocd"), "--address=127.0.0.1", f"--port={repo_port}",
             "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
             f"--redis={redis_address}", "--loglevel=info"]  # fmt: skip
     env = _argocd_env(node, "argocd-repo-server")
     process = start_process(node.layout, "argocd-repo-server", argv, env)
-    wait_started(node.layout, "the repo server to listen", _listening(repo_port),
+    wait_started(node.layout, "the repo server to listen", listening(repo_port),
                  "argocd-repo-server", process)  # fmt: skip
     argv = [str(bin_dir / "argocd"), f"--namespace={NAMESPACE}", f"--redis={redis_address}",
             f"--repo-server=127.0.0.1:{repo_port}", f"--metrics-port={free_port()}",
@@ -387,8 +403,4 @@ def start(
 
 def stop(node: RunningNode) -> None:
     """End Argo CD and the Git server; what they installed stays (Applications do nothing then)."""
-    pid_files = [node.layout.pids / name for name in PROCESSES]
-    pids = [int(f.read_text()) for f in pid_files if f.exists()]
-    host.signal_and_wait(host.signal_and_wait(pids, signal.SIGTERM, 10.0), signal.SIGKILL, 3.0)
-    for pid_file in pid_files:
-        pid_file.unlink(missing_ok=True)
+    end_processes(node.layout, PROCESSES)

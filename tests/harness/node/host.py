@@ -32,6 +32,8 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "/usr/sbin/debootstrap",
     # Builds our Dockerfiles without a daemon (node.builds).
     "buildah": "/usr/bin/buildah",
+    # Copies an image's OCI archive into the node's private registry, layers as they are.
+    "skopeo": "/usr/bin/skopeo",
     # Argo CD's cache (node.gitops runs its own on loopback, never the system service).
     "redis-server": "/usr/bin/redis-server",
     "mount": "/usr/bin/umount",
@@ -48,7 +50,13 @@ KUBERNETES_PROGRAMS = (
 # Programs of a node: ours (in the node's bin/: Kubernetes, and Argo CD with its Redis and our Git
 # server) and containerd's shims. A process running one of these after the node stopped is debris.
 GITOPS_PROGRAMS = ("argocd", "redis-server", "gitserver")
-NODE_PROGRAMS = (*KUBERNETES_PROGRAMS, *GITOPS_PROGRAMS, "containerd", "containerd-shim-runc-v2")
+NODE_PROGRAMS = (
+    *KUBERNETES_PROGRAMS,
+    *GITOPS_PROGRAMS,
+    "registry",  # node.registry: the private registry
+    "containerd",
+    "containerd-shim-runc-v2",
+)
 # Debian's convention for "start no service while installing": invoke-rc.d asks this script.
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 CONTAINERD_STATE = Path("/run/containerd")

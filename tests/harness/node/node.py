@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -471,6 +472,33 @@ def start_process(
     (layout.pids / name).write_text(f"{process.pid}\n")
     (layout.pids / f"{name}.argv").write_text(json.dumps({"argv": list(argv), "env": env}))
     return process
+
+
+def install_program(layout: Layout, source: Path) -> Path:
+    """Copy a program into the node's bin/, where `down()` finds what runs from it."""
+    target = layout.bin / source.name
+    target.unlink(missing_ok=True)
+    shutil.copy2(source, target)
+    return target
+
+
+def end_processes(layout: Layout, names: Sequence[str]) -> None:
+    """End the node processes `names` (SIGTERM, then SIGKILL) and forget their pid files."""
+    pid_files = [layout.pids / name for name in names]
+    pids = [int(f.read_text()) for f in pid_files if f.exists()]
+    host.signal_and_wait(host.signal_and_wait(pids, signal.SIGTERM, 10.0), signal.SIGKILL, 3.0)
+    for pid_file in pid_files:
+        pid_file.unlink(missing_ok=True)
+
+
+def listening(port: int) -> Callable[[], bool]:
+    """A readiness check: something accepts connections on 127.0.0.1:`port`."""
+
+    def ready() -> bool:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    return ready
 
 
 def succeeds(*argv: str) -> Callable[[], bool]:

@@ -89,8 +89,11 @@ def write_node_pki(layout: Layout, node_ip: str, server: str) -> None:
     write_service_account_key(pki)
 
 
-def tls_secret_material(layout: Layout, stem: str, dns: list[str]) -> tuple[Path, Path]:
-    """A serving certificate for an in-cluster Service (e.g. a webhook), signed by the node CA."""
+def tls_secret_material(
+    layout: Layout, stem: str, dns: list[str], ips: list[str] | None = None
+) -> tuple[Path, Path]:
+    """A serving certificate (an in-cluster Service's, e.g. a webhook's, or a loopback
+    server's), signed by the node CA."""
     ca_cert = x509.load_pem_x509_certificate((layout.pki / "ca.crt").read_bytes())
     ca_key = load_pem_private_key((layout.pki / "ca.key").read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -101,7 +104,7 @@ def tls_secret_material(layout: Layout, stem: str, dns: list[str]) -> tuple[Path
         key,
         (ca_cert.subject, ca_key),
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=_sans(dns, []),
+        sans=_sans(dns, ips or []),
     )
     crt_path, key_path = layout.pki / f"{stem}.crt", layout.pki / f"{stem}.key"
     crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
