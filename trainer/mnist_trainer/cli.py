@@ -14,7 +14,7 @@ import torch
 from mnist_trainer import config, cpus
 from mnist_trainer.config import Hyperparameters, RunSettings
 from mnist_trainer.data import MissingDataError, load_digits
-from mnist_trainer.metrics import MetricsReporter
+from mnist_trainer.metrics import MetricsReporter, end_on_sigterm
 from mnist_trainer.train import (
     ONE_THREAD_BELOW_BATCH,
     DivergedError,
@@ -240,6 +240,7 @@ def run(hp: Hyperparameters, settings: RunSettings) -> int:
         reporter = MetricsReporter(settings.metrics_file)
     except OSError as exc:
         return _fail(f"--metrics-file: cannot write {settings.metrics_file} ({exc})", EXIT_USAGE)
+    end_on_sigterm(settings.metrics_file)
     try:
         digits = load_digits(
             settings.data_dir, device, download=settings.download, train_limit=settings.train_limit
