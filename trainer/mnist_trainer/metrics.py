@@ -113,11 +113,12 @@ def keep_early_stop_marker(metrics_dir: Path, shell_pid: int) -> bool:
     """Make Katib's early-stop marker for `shell_pid` read-only; True if there was one.
 
     Katib stops a trial early by writing the marker, then sending the trainer SIGTERM; the shell
-    Katib wraps around the trainer then writes `completed` over the marker. Katib counts on that
-    write failing, as it does when its collector runs as root; with `injectSecurityContext` the
-    collector runs as the trainer's user, the write succeeds, the collector may end before it
-    tells Katib the trial stopped, and the trial stays Running. A read-only marker keeps the
-    write failing for a user without CAP_DAC_OVERRIDE (our trials drop every capability).
+    Katib wraps around the trainer then writes `completed` over the marker. Where the collector
+    runs as root and the trainer does not, that write fails, and the collector, still reading
+    `early-stopped`, stays until it has told Katib. With `injectSecurityContext` both run as the
+    trainer's user: the write succeeds, the collector may end before it tells Katib, and the
+    trial stays Running. A read-only marker keeps the write failing for a user without
+    CAP_DAC_OVERRIDE (our trials drop every capability).
     """
     marker = metrics_dir / f"{shell_pid}.pid"
     try:
