@@ -229,7 +229,7 @@ def test_median_stopping_stops_hopeless_trials_early_and_never_picks_one(
     # Katib's collector ended each stopped trial's trainer (SIGTERM) after its second epoch, so
     # its container did not complete; every other trainer ran to the end and exited 0. (The
     # stopped container's status is its shell's: 2, as it cannot write `completed` over the
-    # collector's marker, which the stopped trainer made read-only: mnist_trainer.metrics.)
+    # collector's marker, which the stopped trainer made read-only: mnist_trainer.early_stop.)
     exits = {
         pod["metadata"]["labels"][TRIAL_LABEL]: trainer_exit(pod)
         for pod in runs.stopping_pods.latest().values()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from launcher import REPO_ROOT
-from mnist_tuning.api.expand import TRAINER_UID, expand
+from mnist_trainer import early_stop
+from mnist_tuning.api.expand import PRIMARY_CONTAINER, TRAINER_UID, expand
 from mnist_tuning.api.spec import parse_tuning
 from node.katib import trial_pods
 from node.node import NodeError, RunningNode, userland_image
@@ -48,6 +50,7 @@ TRIAL = (
 )
 # Katib's injected container in every trial pod of a File collector.
 SIDECAR = "metrics-logger-and-collector"
+EARLY_STOP = Path(early_stop.__file__)
 
 
 def experiment(name: str, namespace: str, **overrides: Any) -> dict[str, Any]:
@@ -207,7 +210,8 @@ def run_rendered(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "trial", "namespace": namespace},
-        "data": {"trainer.py": trainer_script},
+        # The trainer's own early-stop guard beside the script, which imports it.
+        "data": {"trainer.py": trainer_script, "early_stop.py": EARLY_STOP.read_text()},
     }
     name = rendered["metadata"]["name"]
     katib.apply([script, rendered])
@@ -226,7 +230,7 @@ def run_rendered(
         katib.kubectl("get", "experiment", name, "-n", namespace, "-o", "json").stdout
     )
     if conditions(katib, namespace, name).get("Succeeded") != "True":
-        trials = katib.kubectl("get", "trials,pods", "-n", namespace, "-o", "yaml").stdout
+        objects = katib.kubectl("get", "trials,pods", "-n", namespace, "-o", "yaml").stdout
         pods = "".join(
             katib.kubectl(
                 "logs",
@@ -242,7 +246,7 @@ def run_rendered(
             for selector in ("katib.kubeflow.org/experiment", "katib.kubeflow.org/trial")
         )
         status = json.dumps(final["status"], indent=1)
-        raise AssertionError(f"{ending}\n{status}\n{trials}\n{pods}")
+        raise AssertionError(f"{ending}\n{status}\n{objects}\n{pods}")
     return final
 
 
@@ -250,17 +254,11 @@ def run_rendered(
 # two trials on the node (counted in the hostPath `run_rendered` mounts) learn, the later ones
 # do not.
 LEARNING_THEN_NOT = (
-    "import json, os, signal, sys, time\n"
+    "import json, os, sys, time\n"
+    "from pathlib import Path\n"
+    "from early_stop import end_on_sigterm\n"
     "flags = dict(a.removeprefix('--').split('=', 1) for a in sys.argv[1:])\n"
-    # What mnist_trainer.metrics.end_on_sigterm does: keep Katib's early-stop marker read-only.
-    "def stopped(signum, frame):\n"
-    "    marker = os.path.join(os.path.dirname(flags['metrics-file']), f'{os.getppid()}.pid')\n"
-    "    try:\n"
-    "        if open(marker).read().strip() == 'early-stopped': os.chmod(marker, 0o444)\n"
-    "    except OSError: pass\n"
-    "    signal.signal(signum, signal.SIG_DFL)\n"
-    "    os.kill(os.getpid(), signum)\n"
-    "signal.signal(signal.SIGTERM, stopped)\n"
+    "end_on_sigterm(Path(flags['metrics-file']))\n"
     "with open('/counter/started', 'a+') as counter:\n"
     "    counter.write('started\\n')\n"
     "    counter.seek(0)\n"
@@ -318,7 +316,7 @@ def test_katib_stops_trials_below_the_median_with_the_early_stopping_stand_in(
             pod["metadata"]["labels"]["katib.kubeflow.org/trial"]: {
                 c["name"]: c["state"].get("terminated", {}).get("exitCode")
                 for c in pod["status"]["containerStatuses"]
-            }["training-container"]
+            }[PRIMARY_CONTAINER]
             for pod in trial_pods(katib, katib_namespace)
         }
 

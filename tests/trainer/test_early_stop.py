@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_trainer.metrics import EARLY_STOPPED, keep_early_stop_marker
+from mnist_trainer.early_stop import EARLY_STOPPED, keep_early_stop_marker
 
 PR_CAPBSET_DROP = 24  # <linux/prctl.h>
 LAST_CAPABILITY = 63
@@ -35,7 +35,7 @@ KATIB_WRAPPER = (
 TRAINER = (
     "import os, sys, time\n"
     "from pathlib import Path\n"
-    "from mnist_trainer.metrics import end_on_sigterm\n"
+    "from mnist_trainer.early_stop import end_on_sigterm\n"
     "metrics_dir = Path(sys.argv[2])\n"
     "if sys.argv[1] == 'guarded':\n"
     "    end_on_sigterm(metrics_dir / 'mnist.json')\n"

@@ -14,7 +14,8 @@ import torch
 from mnist_trainer import config, cpus
 from mnist_trainer.config import Hyperparameters, RunSettings
 from mnist_trainer.data import MissingDataError, load_digits
-from mnist_trainer.metrics import MetricsReporter, end_on_sigterm
+from mnist_trainer.early_stop import end_on_sigterm
+from mnist_trainer.metrics import MetricsReporter
 from mnist_trainer.train import (
     ONE_THREAD_BELOW_BATCH,
     DivergedError,
