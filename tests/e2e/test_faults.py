@@ -57,7 +57,8 @@ CONTROLLER, DB_MANAGER, MYSQL = "katib-controller", "katib-db-manager", "katib-m
 class Fault:
     """What a case stops. `reruns`: the first trial's report is lost, so its pod fails and
     runs again; every other fault must leave each trial's single pod to succeed. `repeats`:
-    Katib loses its seeded random state, so the next trial repeats the first one's values."""
+    Katib loses its seeded random state, so the restarted service answers the first trial's
+    values again (unless Katib drops that answer: see `suggestion_answers`)."""
 
     katib: tuple[str, ...] = ()  # Katib's Deployments, scaled to no pod
     suggestion: bool = False  # the Experiment's suggestion Deployment, scaled to no pod
@@ -134,6 +135,22 @@ def node_parts_stopped(cluster: E2ECluster, parts: tuple[str, ...]) -> Iterator[
         yield
     finally:
         node_command(cluster, "start", tuple(reversed(parts)))
+
+
+def suggestion_answers(cluster: E2ECluster, namespace: str) -> int:
+    """How many answers of the suggestion service katib-controller took for the Experiment in
+    `namespace`, from its log.
+
+    Katib v0.19.0's suggestion controller keeps an answer only in the Suggestion's status; when
+    that update conflicts it asks again and the service draws anew, which moves a seeded
+    stream on by one answer. With one trial asked at a time, answers beyond the trials made
+    are answers it dropped.
+    """
+    log = cluster.kubectl("logs", f"deployment/{CONTROLLER}", "-n", KATIB_NAMESPACE)
+    return sum(
+        '"msg":"Getting suggestions"' in line and f'"namespace":"{namespace}"' in line
+        for line in log.splitlines()
+    )
 
 
 def ended(pod: dict[str, Any]) -> bool:
@@ -221,8 +238,14 @@ def test_a_tuning_survives_katibs_or_the_nodes_parts_stopped_while_a_trial_runs(
         for t in trials
     ]
     if case.repeats:  # what Katib loses: one trial of the budget runs the first one's values
-        assert assignments.count(assignments[0]) == 2, assignments
-        assert len(set(assignments)) == TRIALS - 1, assignments
+        dropped = suggestion_answers(e2e_cluster, namespace) - TRIALS
+        print(f"{fault}: {dropped} answers dropped by Katib: {assignments}")
+        assert dropped >= 0, "katib-controller's log names each answer it took (was it rotated?)"
+        if not dropped:
+            assert assignments.count(assignments[0]) == 2, assignments
+            assert len(set(assignments)) == TRIALS - 1, assignments
+        else:  # the stream may have moved past the repeat: still no more than one
+            assert len(set(assignments)) >= TRIALS - 1, assignments
     else:
         assert len(set(assignments)) == TRIALS, "no trial ran the same values twice"
     for trial in trials:
