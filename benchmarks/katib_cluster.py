@@ -4,14 +4,19 @@ Applies deploy/samples/quick.yaml (4 one-epoch trials, 2 at a time) to a single-
 with Katib v0.19.0, our two images and the operator (the node `make katib-cluster` runs, or one
 started here in a temporary directory and stopped at the end) and prints:
 
-- the time from `kubectl apply` to the first trial pod running, and the part of it that is
-  Katib's suggestion readiness probe (its 10 s initial delay, not ours to shorten);
+- the time from `kubectl apply` to the first trial pod running, the part of it that is ours
+  (the operator creating the Experiment) and the part that is Katib's suggestion readiness
+  probe (its 10 s initial delay, not ours to shorten);
 - per trial, the Trial's wall time (Katib's start to completion) against the trainer
   container's own run time: the difference is what Katib adds per trial (Job, pod, sidecar,
   metrics collection, database);
 - the median trainer run time in a pod against the median trial process locally;
+- the machine's busy CPU time over each run (/proc/stat, every core): what the same four
+  trials cost on Katib beyond the trainers, the node's parts and Katib's included, where they
+  share the trainers' cores;
 - the whole tuning's wall time against `mnist-tuning run -f` of the same file, run right after
-  in this process tree on the same data (the baseline), as a ratio.
+  in this process tree on the same data while the node is still up, its parts idle (the
+  baseline), as a ratio.
 
     sudo .venv/bin/python benchmarks/katib_cluster.py [--dir .katib-cluster] [--data-dir data]
 """
@@ -19,6 +24,7 @@ started here in a temporary directory and stopped at the end) and prints:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +51,15 @@ NAMESPACE = "bench-katib"
 TRIAL_LABEL = "katib.kubeflow.org/trial"
 SUGGESTION_LABEL = "katib.kubeflow.org/suggestion"
 DEADLINE_S = 40 * 60
+
+
+def busy_cpu_seconds() -> float:
+    """The machine's CPU time spent on work since boot (user, nice, system, irq, softirq; no
+    idle, iowait or the hypervisor's steal), in core-seconds."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(
+        int, Path("/proc/stat").read_text().split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -80,7 +95,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
     name = manifest["metadata"]["name"]
     first_running: list[float] = []
     with watching_pods(target, NAMESPACE, TRIAL_LABEL) as pods:
-        applied = time.perf_counter()
+        applied, busy = time.perf_counter(), busy_cpu_seconds()
         target.apply({**manifest, "metadata": {"name": name, "namespace": NAMESPACE}})
 
         def ended() -> bool:
@@ -92,7 +107,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
             return phase in ("Succeeded", "Failed")
 
         wait_for(f"MnistTuning {name} to end", ended, DEADLINE_S)
-        wall = time.perf_counter() - applied
+        wall, busy = time.perf_counter() - applied, busy_cpu_seconds() - busy
         seen = pods.latest()
     final = target.get("mnisttuning", name, NAMESPACE)
     trials = []
@@ -118,11 +133,17 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
             }
         )
     readiness = suggestion_readiness(target.items("pods", NAMESPACE))
+    [experiment] = target.items("experiments", NAMESPACE)
+    created = seconds_between(
+        final["metadata"]["creationTimestamp"], experiment["metadata"]["creationTimestamp"]
+    )
     target.kubectl("delete", "namespace", NAMESPACE, "--wait=false")
     return {
         "wall": wall,
+        "busy": busy,
         "first_running": first_running[0],
         "suggestion_readiness": readiness,
+        "experiment_created": created,
         "status": final["status"],
         "trials": trials,
     }
@@ -154,18 +175,21 @@ def local_trials(workdir: Path) -> list[float]:
     ]
 
 
-def locally(manifest_file: Path, data_dir: Path) -> tuple[float, dict[str, Any], list[float]]:
-    """`mnist-tuning run -f` of the same file: wall time, final status, each trial's time."""
+def locally(
+    manifest_file: Path, data_dir: Path
+) -> tuple[float, float, dict[str, Any], list[float]]:
+    """`mnist-tuning run -f` of the same file: wall time, busy CPU time, final status, each
+    trial's time."""
     with tempfile.TemporaryDirectory(prefix="bench-local-") as workdir:
         command = [
             str(REPO / ".venv" / "bin" / "mnist-tuning"), "run", "-f", str(manifest_file),
             "--workdir", workdir, "--data-dir", str(data_dir),
         ]  # fmt: skip
-        started = time.perf_counter()
+        started, busy = time.perf_counter(), busy_cpu_seconds()
         subprocess.run(command, check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        wall, busy = time.perf_counter() - started, busy_cpu_seconds() - busy
         status = yaml.safe_load((Path(workdir) / "status.yaml").read_text())
-        return wall, status, local_trials(Path(workdir))
+        return wall, busy, status, local_trials(Path(workdir))
 
 
 def main() -> int:
@@ -181,8 +205,12 @@ def main() -> int:
     )
     with cluster(args.dir, args.data_dir) as target:
         run = on_cluster(target, manifest)
-    local_wall, local_status, local_trial_s = locally(SAMPLE, args.data_dir)
+        # With the node still up and idle: both runs share the machine as it is.
+        local_wall, local_busy, local_status, local_trial_s = locally(SAMPLE, args.data_dir)
     print(f"apply → first trial pod running: {run['first_running']:.1f} s")
+    print(
+        f"  of which the operator's (apply → Experiment created): {run['experiment_created']:.0f} s"
+    )
     readiness = run["suggestion_readiness"]
     if readiness is not None:
         print(f"  of which Katib's suggestion readiness (start → Ready): {readiness:.0f} s")
@@ -209,6 +237,13 @@ def main() -> int:
     print(
         f"mnist-tuning run: {local_status['phase']} in {local_wall:.0f} s, best accuracy "
         f"{local_best.get('accuracy', float('nan')):.4f}"
+    )
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"CPU busy, all {cores} cores: on Katib {run['busy']:.0f} core-s in {run['wall']:.0f} s "
+        f"({run['busy'] / run['wall']:.2f} cores), locally {local_busy:.0f} core-s in "
+        f"{local_wall:.0f} s ({local_busy / local_wall:.2f} cores): Katib's run cost "
+        f"{run['busy'] - local_busy:.0f} core-s more"
     )
     print(f"Katib tuning wall time / local tuning wall time: {run['wall'] / local_wall:.2f}x")
     return 0
