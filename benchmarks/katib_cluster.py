@@ -15,6 +15,9 @@ prints:
 - the machine's busy CPU time over each run (/proc/stat, every core): what the same four
   trials cost on Katib beyond the trainers, the node's parts and Katib's included, where they
   share the trainers' cores;
+- the same trainer (the trial pod `expand()` renders, with fixed values) timed to the
+  millisecond in plain pods with no Katib, one and then `parallelTrials` at once, against as
+  many local processes: what the pod itself costs, apart from Katib;
 - the whole tuning's wall time against `mnist-tuning run -f` of the same file, run right after
   in this process tree on the same data while the node is still up, its parts idle (the
   baseline), as a ratio; and the ratio Katib's own costs alone would give, were each trainer
@@ -28,10 +31,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,9 +48,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "deploy" / "samples" / "quick.yaml"
-sys.path[:0] = [str(REPO / "tests" / "harness"), str(REPO / "tests" / "e2e")]
+sys.path[:0] = [
+    str(REPO / "tests" / "harness"),
+    str(REPO / "tests" / "e2e"),
+    str(REPO / "operator"),
+    str(REPO / "trainer"),
+]
 
 from launcher import DEFAULT_BIN_DIR, wait_for  # noqa: E402  # the harness the tests use
+from mnist_tuning.api.expand import PRIMARY_CONTAINER, TRAINER_COMMAND, expand  # noqa: E402
+from mnist_tuning.api.spec import parse_tuning  # noqa: E402
 from node import katib, product  # noqa: E402
 from node.host import KUBERNETES_PROGRAMS  # noqa: E402
 from node.node import Node, read_running  # noqa: E402
@@ -57,6 +70,14 @@ NAMESPACE = "bench-katib"
 TRIAL_LABEL = "katib.kubeflow.org/trial"
 SUGGESTION_LABEL = "katib.kubeflow.org/suggestion"
 DEADLINE_S = 40 * 60
+PLAIN_NAMESPACE = "bench-pods"  # no Katib: its pod webhook leaves the namespace alone
+# A trial's values, for the trainer run outside Katib (its time hardly depends on them).
+TRIAL_VALUE = "0.05"
+# The trainer's own run time in a pod, to the millisecond (Kubernetes keeps whole seconds).
+TIMED = (
+    "start=$(date +%s%N); {}; code=$?; end=$(date +%s%N); "
+    'echo "trainer-ms $(((end - start) / 1000000))"; exit $code'
+)
 KATIB_NAMESPACE = "kubeflow"
 # The node's own long-lived processes, by name (/proc/PID/comm).
 NODE_PARTS = frozenset({*KUBERNETES_PROGRAMS, "containerd"})
@@ -193,6 +214,9 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
                     trial["status"]["startTime"], trial["status"]["completionTime"]
                 ),
                 "trainer_s": seconds_between(done["startedAt"], done["finishedAt"]),
+                "image": next(
+                    c["image"] for c in pod["spec"]["containers"] if c["name"] == PRIMARY_CONTAINER
+                ),
             }
         )
     readiness = suggestion_readiness(target.items("pods", NAMESPACE))
@@ -228,6 +252,88 @@ def suggestion_readiness(pods: list[dict[str, Any]]) -> float | None:
         started = min(s["state"]["running"]["startedAt"] for s in status["containerStatuses"])
         return seconds_between(started, ready["lastTransitionTime"])
     return None
+
+
+def trainer_pod(manifest: dict[str, Any], image: str) -> tuple[dict[str, Any], list[str]]:
+    """The trial pod spec `expand()` renders for the tuning, and its trainer's arguments with
+    a value in place of each of Katib's parameters and the metrics file in /tmp."""
+    experiment = expand(parse_tuning(manifest), default_image=image)
+    pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    args = [
+        "--metrics-file=/tmp/metrics.json"
+        if arg.startswith("--metrics-file=")
+        else re.sub(r"\$\{trialParameters\.\w+\}", TRIAL_VALUE, arg)
+        for arg in pod["containers"][0]["command"][len(TRAINER_COMMAND) :]
+    ]
+    return pod, args
+
+
+def in_plain_pods(
+    target: E2ECluster, pod: dict[str, Any], args: list[str], count: int
+) -> list[float]:
+    """Seconds of the trainer in `count` pods started together, with no Katib around them."""
+    target.kubectl("delete", "namespace", PLAIN_NAMESPACE, "--ignore-not-found", "--timeout=300s")
+    target.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PLAIN_NAMESPACE}})
+    [container] = pod["containers"]
+    command = ["sh", "-c", TIMED.format(shlex.join([*TRAINER_COMMAND, *args]))]
+    with watching(target.argv(), "pods", PLAIN_NAMESPACE) as pods:
+        for index in range(count):
+            target.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": f"trainer-{index}", "namespace": PLAIN_NAMESPACE},
+                    "spec": {
+                        **pod,
+                        "restartPolicy": "Never",
+                        "containers": [{**container, "command": command}],
+                    },
+                }
+            )
+
+        def ended() -> bool:
+            phases = [(p.get("status") or {}).get("phase") for p in pods.latest().values()]
+            return len(phases) == count and all(p in ("Succeeded", "Failed") for p in phases)
+
+        wait_for("the trainer pods to end", ended, DEADLINE_S)
+    seconds = []
+    for index in range(count):
+        log = target.kubectl("logs", f"trainer-{index}", "-n", PLAIN_NAMESPACE)
+        if pods.latest()[f"trainer-{index}"]["status"]["phase"] != "Succeeded":
+            raise RuntimeError(f"trainer-{index} failed:\n{log}")
+        [ms] = re.findall(r"^trainer-ms (\d+)$", log, re.MULTILINE)
+        seconds.append(int(ms) / 1000)
+    target.kubectl("delete", "namespace", PLAIN_NAMESPACE, "--wait=false")
+    return seconds
+
+
+def in_processes(args: list[str], data_dir: Path, count: int) -> list[float]:
+    """Seconds of the same trainer in `count` local processes started together, each told one
+    thread as the local engine tells it."""
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as workdir:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        seconds = [0.0] * count
+
+        def run(index: int) -> None:
+            local = [
+                f"--data-dir={data_dir}"
+                if arg.startswith("--data-dir=")
+                else f"--metrics-file={workdir}/{index}.json"
+                if arg.startswith("--metrics-file=")
+                else arg
+                for arg in args
+            ]
+            argv = [str(REPO / ".venv" / "bin" / "python"), "-m", "mnist_trainer", *local]
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, env=env)
+            seconds[index] = time.perf_counter() - started
+
+        runners = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join()
+        return seconds
 
 
 def local_trials(workdir: Path) -> list[float]:
@@ -274,6 +380,15 @@ def main() -> int:
         run = on_cluster(target, manifest)
         # With the node still up and idle: both runs share the machine as it is.
         local_wall, local_busy, local_status, local_trial_s = locally(args.file, args.data_dir)
+        [image] = {t["image"] for t in run["trials"]}
+        pod, trainer_args = trainer_pod(manifest, image)
+        side_by_side = {
+            count: (
+                in_plain_pods(target, pod, trainer_args, count),
+                in_processes(trainer_args, args.data_dir, count),
+            )
+            for count in (1, budget["parallelTrials"])
+        }
     print(f"apply → first trial pod running: {run['first_running']:.1f} s")
     print(
         f"  of which the operator's (apply → Experiment created): {run['experiment_created']:.0f} s"
@@ -316,6 +431,13 @@ def main() -> int:
     rest = run["busy"] - sum(run["parts"].values())
     print(f"  on Katib, core-s of {shares}; the trials and the rest {rest:.0f}")
     print(f"Katib tuning wall time / local tuning wall time: {run['wall'] / local_wall:.2f}x")
+    for count, (pods, processes) in side_by_side.items():
+        print(
+            f"the same trainer, {count} at once: in plain pods (no Katib) "
+            f"{', '.join(f'{s:.1f}' for s in pods)} s, in local processes "
+            f"{', '.join(f'{s:.1f}' for s in processes)} s: "
+            f"{statistics.median(pods) / statistics.median(processes):.2f}x"
+        )
     # A model, not a measurement: the run's own fixed costs with trainers as fast as locally.
     waves = -(-budget["maxTrials"] // budget["parallelTrials"])
     floor = run["first_trial"] + waves * (local_trial + statistics.median(overheads))
