@@ -21,7 +21,7 @@ prints:
 - the whole tuning's wall time against `mnist-tuning run -f` of the same file, run right after
   in this process tree on the same data while the node is still up, its parts idle (the
   baseline), as a ratio; and the ratio Katib's own costs alone would give, were each trainer
-  as fast as locally (the first pod's latency, then the trials' waves each with Katib's
+  as fast as locally (apply to the first Trial, then the trials' waves each with Katib's
   per-trial overhead).
 
     sudo .venv/bin/python benchmarks/katib_cluster.py [-f TUNING.yaml] [--dir .katib-cluster]
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import re
 import shlex
 import statistics
@@ -56,18 +57,23 @@ sys.path[:0] = [
 ]
 
 from launcher import DEFAULT_BIN_DIR, wait_for  # noqa: E402  # the harness the tests use
-from mnist_tuning.api.expand import PRIMARY_CONTAINER, TRAINER_COMMAND, expand  # noqa: E402
+from mnist_tuning.api.expand import (  # noqa: E402
+    METRICS_FILE_PATH,
+    PRIMARY_CONTAINER,
+    expand,
+    trainer_threads,
+)
 from mnist_tuning.api.spec import parse_tuning  # noqa: E402
+from mnist_tuning.local.command import primary_container, render_trial_spec, trial_process  # noqa: E402
 from node import katib, product  # noqa: E402
 from node.host import KUBERNETES_PROGRAMS  # noqa: E402
 from node.node import Node, read_running  # noqa: E402
 from node.product import OPERATOR_NAMESPACE  # noqa: E402
 from providers import E2ECluster, watching_pods  # noqa: E402
-from tunings import seconds_between  # noqa: E402
+from tunings import TRIAL_LABEL, seconds_between  # noqa: E402
 from watch import watching  # noqa: E402
 
 NAMESPACE = "bench-katib"
-TRIAL_LABEL = "katib.kubeflow.org/trial"
 SUGGESTION_LABEL = "katib.kubeflow.org/suggestion"
 DEADLINE_S = 40 * 60
 PLAIN_NAMESPACE = "bench-pods"  # no Katib: its pod webhook leaves the namespace alone
@@ -78,7 +84,6 @@ TIMED = (
     "start=$(date +%s%N); {}; code=$?; end=$(date +%s%N); "
     'echo "trainer-ms $(((end - start) / 1000000))"; exit $code'
 )
-KATIB_NAMESPACE = "kubeflow"
 # The node's own long-lived processes, by name (/proc/PID/comm).
 NODE_PARTS = frozenset({*KUBERNETES_PROGRAMS, "containerd"})
 # Where a pod's cgroup lies under each QoS class: cgroup v1's cpuacct hierarchy, or v2's.
@@ -127,7 +132,7 @@ def pod_cpu_seconds(pod: dict[str, Any]) -> float:
 def cpu_by_part(target: E2ECluster) -> dict[str, float]:
     """CPU seconds so far of the parts that outlive a tuning: Katib's and the operator's pods
     (the suggestion's included), and the node's own processes."""
-    katib_pods = target.items("pods", KATIB_NAMESPACE) + [
+    katib_pods = target.items("pods", katib.NAMESPACE) + [
         pod
         for pod in target.items("pods", NAMESPACE)
         if SUGGESTION_LABEL in pod["metadata"].get("labels", {})
@@ -195,7 +200,8 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
         seen = pods.latest()
     final = target.get("mnisttuning", name, NAMESPACE)
     trials = []
-    for trial in target.items("trials", NAMESPACE):
+    listed = target.items("trials", NAMESPACE)
+    for trial in listed:
         [pod] = [
             p
             for p in seen.values()
@@ -222,7 +228,7 @@ def on_cluster(target: E2ECluster, manifest: dict[str, Any]) -> dict[str, Any]:
     readiness = suggestion_readiness(target.items("pods", NAMESPACE))
     first_trial = min(
         seconds_between(final["metadata"]["creationTimestamp"], trial["status"]["startTime"])
-        for trial in target.items("trials", NAMESPACE)
+        for trial in listed
     )
     [experiment] = target.items("experiments", NAMESPACE)
     created = seconds_between(
@@ -254,28 +260,33 @@ def suggestion_readiness(pods: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def trainer_pod(manifest: dict[str, Any], image: str) -> tuple[dict[str, Any], list[str]]:
-    """The trial pod spec `expand()` renders for the tuning, and its trainer's arguments with
-    a value in place of each of Katib's parameters and the metrics file in /tmp."""
+def one_trial(manifest: dict[str, Any], image: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Experiment `expand()` renders for the tuning, and a value for each trial parameter."""
     experiment = expand(parse_tuning(manifest), default_image=image)
-    pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
-    args = [
-        "--metrics-file=/tmp/metrics.json"
-        if arg.startswith("--metrics-file=")
-        else re.sub(r"\$\{trialParameters\.\w+\}", TRIAL_VALUE, arg)
-        for arg in pod["containers"][0]["command"][len(TRAINER_COMMAND) :]
-    ]
-    return pod, args
+    parameters = experiment["spec"]["trialTemplate"]["trialParameters"]
+    return experiment, {parameter["reference"]: TRIAL_VALUE for parameter in parameters}
 
 
 def in_plain_pods(
-    target: E2ECluster, pod: dict[str, Any], args: list[str], count: int
+    target: E2ECluster, experiment: dict[str, Any], values: dict[str, str], count: int
 ) -> list[float]:
-    """Seconds of the trainer in `count` pods started together, with no Katib around them."""
+    """Seconds of the trainer in `count` trial pods started together, with no Katib around
+    them: the rendered pod, with an emptyDir where Katib mounts its metrics volume."""
     target.kubectl("delete", "namespace", PLAIN_NAMESPACE, "--ignore-not-found", "--timeout=300s")
     target.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PLAIN_NAMESPACE}})
-    [container] = pod["containers"]
-    command = ["sh", "-c", TIMED.format(shlex.join([*TRAINER_COMMAND, *args]))]
+    job = render_trial_spec(experiment, values)
+    container = primary_container(experiment, job)
+    timed = {
+        **container,
+        "command": ["sh", "-c", TIMED.format(shlex.join(container["command"]))],
+        "volumeMounts": [{"name": "metrics", "mountPath": posixpath.dirname(METRICS_FILE_PATH)}],
+    }
+    spec = {
+        **job["spec"]["template"]["spec"],
+        "restartPolicy": "Never",
+        "containers": [timed],
+        "volumes": [{"name": "metrics", "emptyDir": {}}],
+    }
     with watching(target.argv(), "pods", PLAIN_NAMESPACE) as pods:
         for index in range(count):
             target.apply(
@@ -283,11 +294,7 @@ def in_plain_pods(
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": {"name": f"trainer-{index}", "namespace": PLAIN_NAMESPACE},
-                    "spec": {
-                        **pod,
-                        "restartPolicy": "Never",
-                        "containers": [{**container, "command": command}],
-                    },
+                    "spec": spec,
                 }
             )
 
@@ -307,25 +314,28 @@ def in_plain_pods(
     return seconds
 
 
-def in_processes(args: list[str], data_dir: Path, count: int) -> list[float]:
-    """Seconds of the same trainer in `count` local processes started together, each told one
-    thread as the local engine tells it."""
+def in_processes(
+    experiment: dict[str, Any], values: dict[str, str], threads: int, data_dir: Path, count: int
+) -> list[float]:
+    """Seconds of the same trainer in `count` local processes started together, each made as
+    the local engine makes a trial's process, on the pod's number of threads."""
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as workdir:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         seconds = [0.0] * count
 
         def run(index: int) -> None:
-            local = [
-                f"--data-dir={data_dir}"
-                if arg.startswith("--data-dir=")
-                else f"--metrics-file={workdir}/{index}.json"
-                if arg.startswith("--metrics-file=")
-                else arg
-                for arg in args
-            ]
-            argv = [str(REPO / ".venv" / "bin" / "python"), "-m", "mnist_trainer", *local]
+            process = trial_process(
+                experiment,
+                values,
+                python=str(REPO / ".venv" / "bin" / "python"),
+                data_dir=data_dir,
+                metrics_file=Path(workdir, f"{index}.json"),
+                threads=threads,
+            )
+            # The local engine's environment for a trial (mnist_tuning.local.engine).
+            env = {**os.environ, **process.env, "OMP_NUM_THREADS": str(threads),
+                   "MKL_NUM_THREADS": str(threads)}  # fmt: skip
             started = time.perf_counter()
-            subprocess.run(argv, check=True, capture_output=True, env=env)
+            subprocess.run(process.argv, check=True, capture_output=True, env=env)
             seconds[index] = time.perf_counter() - started
 
         runners = [threading.Thread(target=run, args=(index,)) for index in range(count)]
@@ -381,11 +391,12 @@ def main() -> int:
         # With the node still up and idle: both runs share the machine as it is.
         local_wall, local_busy, local_status, local_trial_s = locally(args.file, args.data_dir)
         [image] = {t["image"] for t in run["trials"]}
-        pod, trainer_args = trainer_pod(manifest, image)
+        experiment, values = one_trial(manifest, image)
+        threads = trainer_threads(parse_tuning(manifest).spec.trial)
         side_by_side = {
             count: (
-                in_plain_pods(target, pod, trainer_args, count),
-                in_processes(trainer_args, args.data_dir, count),
+                in_plain_pods(target, experiment, values, count),
+                in_processes(experiment, values, threads, args.data_dir, count),
             )
             for count in (1, budget["parallelTrials"])
         }
