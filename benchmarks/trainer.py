@@ -5,11 +5,13 @@ Runs, alternating, whole processes of
       torchvision's per-sample path (uint8 -> PIL image -> ToTensor, i.e. float/255 per
       image) collated by a DataLoader, one epoch over the 60,000 training images, then the
       test set in batches of 1,000;
-  (b) `python -m mnist_trainer`: one epoch over 50,000 images, validation on the held-out
-      10,000, test once;
-and prints the median wall-time ratio per batch size, the accuracies, and our training
-epoch against the FLOP lower bound at the sgemm rate measured right before each of our
-runs (a shared machine's speed drifts within minutes, so one up-front figure misleads).
+  (b) `python -m mnist_trainer --kernels=eager`: one epoch over 50,000 images, validation
+      on the held-out 10,000, test once, on PyTorch's eager operators;
+  (c) the same with `--kernels=compiled`: the training step through trainer/kernels;
+and prints per batch size the median wall-time ratio of each of ours to the reference, the
+accuracies, and our training epochs against the FLOP lower bound at the sgemm rate measured
+right before each round (a shared machine's speed drifts within minutes, so one up-front
+figure misleads).
 
     .venv/bin/python benchmarks/trainer.py [--repeats 3] [--batch-sizes 64 16]
 """
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEARNING_RATE = 0.01  # Katib's pytorch-mnist defaults
 MOMENTUM = 0.5
 SEED = 1
+KERNELS = ("eager", "compiled")  # our two training steps, each run in every round
 
 
 def reference(data_dir: str, batch_size: int) -> None:
@@ -164,50 +167,62 @@ def main() -> int:
                 f"--data-dir={args.data_dir}",
                 f"--reference-child={batch_size}",
             ]
-            ref_runs, our_runs, bounds = [], [], []
+            ref_runs: list[tuple[float, str]] = []
+            ours: dict[str, list[tuple[float, str]]] = {kernels: [] for kernels in KERNELS}
+            bounds = []
             for pair in range(1, args.repeats + 1):
                 ref_runs.append(timed(ref_cmd, ref_env))
                 bounds.append(epoch_bound(sgemm_gflops()[0]))
-                our_runs.append(timed(ours_cmd))
+                for kernels, runs in ours.items():
+                    runs.append(timed([*ours_cmd, f"--kernels={kernels}"]))
+                walls = ", ".join(f"{k} {runs[-1][0]:.1f} s" for k, runs in ours.items())
                 print(
-                    f"  batch {batch_size} pair {pair}: reference {ref_runs[-1][0]:.1f} s, "
-                    f"ours {our_runs[-1][0]:.1f} s"
+                    f"  batch {batch_size} round {pair}: reference {ref_runs[-1][0]:.1f} s, {walls}"
                 )
-            ratios = [r[0] / o[0] for r, o in zip(ref_runs, our_runs, strict=True)]
-            ours_epoch = statistics.median(field(o[1], "seconds") for o in our_runs)
             ref_epoch = statistics.median(field(r[1], "seconds") for r in ref_runs)
-            print(f"\nbatch {batch_size}, {args.repeats} alternating pairs of whole processes")
+            print(f"\nbatch {batch_size}, {args.repeats} alternating rounds of whole processes")
             print(
                 "  reference wall s: "
                 + " ".join(f"{r[0]:.1f}" for r in ref_runs)
                 + f"  (training epoch, 60,000 images: median {ref_epoch:.2f} s)"
-            )
-            print(
-                "  ours      wall s: "
-                + " ".join(f"{o[0]:.1f}" for o in our_runs)
-                + f"  (training epoch, 50,000 images: median {ours_epoch:.2f} s)"
-            )
-            print(
-                f"  speed-up, median of per-pair ratios: {statistics.median(ratios):.2f}x "
-                f"(pairs: {' '.join(f'{x:.2f}' for x in ratios)})"
-            )
-            print(
-                "  reference test accuracy: "
+                + "  test accuracy: "
                 + " ".join(f"{field(r[1], 'accuracy'):.4f}" for r in ref_runs)
             )
-            print(
-                "  ours validation accuracy: "
-                + " ".join(f"{field(o[1], 'accuracy'):.4f}" for o in our_runs)
-                + "  test accuracy: "
-                + " ".join(f"{field(o[1], 'test-accuracy'):.4f}" for o in our_runs)
-            )
-            over_bound = [field(o[1], "seconds") / b for o, b in zip(our_runs, bounds, strict=True)]
-            print(
-                f"  our training epoch / FLOP bound, median: {statistics.median(over_bound):.2f}x "
-                f"(per run: {' '.join(f'{x:.2f}' for x in over_bound)}; "
-                f"bound {min(bounds):.2f}-{max(bounds):.2f} s)"
-            )
+            for kernels, runs in ours.items():
+                report(kernels, ref_runs, runs, bounds)
     return 0
+
+
+def report(
+    kernels: str,
+    ref_runs: list[tuple[float, str]],
+    runs: list[tuple[float, str]],
+    bounds: list[float],
+) -> None:
+    """One of our variants against the reference runs of the same rounds."""
+    ratios = [r[0] / o[0] for r, o in zip(ref_runs, runs, strict=True)]
+    epoch = statistics.median(field(o[1], "seconds") for o in runs)
+    print(
+        f"  {kernels:<8} wall s: "
+        + " ".join(f"{o[0]:.1f}" for o in runs)
+        + f"  (training epoch, 50,000 images: median {epoch:.2f} s)"
+    )
+    print(
+        f"    speed-up over the reference, median of per-round ratios: "
+        f"{statistics.median(ratios):.2f}x (rounds: {' '.join(f'{x:.2f}' for x in ratios)})"
+    )
+    print(
+        "    validation accuracy: "
+        + " ".join(f"{field(o[1], 'accuracy'):.4f}" for o in runs)
+        + "  test accuracy: "
+        + " ".join(f"{field(o[1], 'test-accuracy'):.4f}" for o in runs)
+    )
+    over_bound = [field(o[1], "seconds") / b for o, b in zip(runs, bounds, strict=True)]
+    print(
+        f"    training epoch / FLOP bound, median: {statistics.median(over_bound):.2f}x "
+        f"(per run: {' '.join(f'{x:.2f}' for x in over_bound)}; "
+        f"bound {min(bounds):.2f}-{max(bounds):.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ For each batch size it prints, for `mnist_trainer.train.train_step` on the LeNet
   - step time on 1 and on 2 threads, alternating rounds in this process (median), and the
     trainer's choice (`step_threads`);
   - the operators taking most of the step's time at that choice (torch.profiler);
-  - the step's FLOP bound at the 2-thread sgemm rate measured in the same run.
+  - the step's FLOP bound at the 2-thread sgemm rate measured in the same run;
+  - the compiled step (trainer/kernels) on 1 and 2 threads, timed in the same alternating
+    rounds, against the eager step at the trainer's choice and against the bound.
 
     .venv/bin/python benchmarks/trainer_step.py [--batch-sizes 16 64] [--rounds 6]
 """
@@ -28,6 +30,7 @@ from mnist_trainer import host
 host.configure()  # before torch loads, as `python -m mnist_trainer` does
 
 import torch  # noqa: E402
+from mnist_trainer.compiled import CompiledStep, instructions  # noqa: E402
 from mnist_trainer.config import Hyperparameters  # noqa: E402
 from mnist_trainer.model import TRAIN_FLOP_PER_SAMPLE, LeNet  # noqa: E402
 from mnist_trainer.train import make_optimizer, step_threads, train_step  # noqa: E402
@@ -75,17 +78,21 @@ class Trial:
         self.images = torch.randn(POOL, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         self.labels = torch.randint(0, 10, (POOL,))
 
-    def steps(self, count: int) -> None:
+    def steps(self, count: int, compiled: CompiledStep | None = None) -> None:
         for _ in range(count):
             index = torch.randint(0, POOL, (self.batch_size,))
-            train_step(self.model, self.optimizer, self.images[index], self.labels[index])
+            if compiled is None:
+                train_step(self.model, self.optimizer, self.images[index], self.labels[index])
+            else:
+                compiled(self.images[index], self.labels[index])
 
-    def timed(self, threads: int, count: int) -> tuple[float, float]:
+    def timed(self, threads: int, count: int, compiled: bool = False) -> tuple[float, float]:
         """Seconds and voluntary context switches per step on `threads` threads."""
         torch.set_num_threads(threads)
+        step = CompiledStep(self.model, self.optimizer, threads) if compiled else None
         switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         started = time.perf_counter()
-        self.steps(count)
+        self.steps(count, step)
         seconds = (time.perf_counter() - started) / count
         return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches) / count
 
@@ -108,13 +115,16 @@ def report(batch_size: int, rounds: int, gflops: float) -> None:
     count = max(40, 2000 // batch_size)
     times: dict[int, list[float]] = {1: [], 2: []}
     switches: dict[int, list[float]] = {1: [], 2: []}
+    compiled: dict[int, list[float]] = {1: [], 2: []}
     for threads in times:
         trial.timed(threads, count // 4)  # warm each thread count's kernels
+        trial.timed(threads, count // 4, compiled=True)
     for _ in range(rounds):
         for threads in times:
             seconds, switched = trial.timed(threads, count)
             times[threads].append(seconds)
             switches[threads].append(switched)
+            compiled[threads].append(trial.timed(threads, count, compiled=True)[0])
     for threads in times:
         print(
             f"  {threads} thread{'s' if threads > 1 else ' '}: "
@@ -128,6 +138,13 @@ def report(batch_size: int, rounds: int, gflops: float) -> None:
     best = min(statistics.median(times[1]), statistics.median(times[2]))
     print(f"  FLOP bound per step at 2-thread sgemm: {bound * 1e3:.3f} ms")
     print(f"  best step / bound: {best / bound:.2f}x")
+    for threads, runs in compiled.items():
+        seconds = statistics.median(runs)
+        print(
+            f"  compiled ({instructions()}), {threads} thread{'s' if threads > 1 else ' '}: "
+            f"{seconds * 1e3:6.3f} ms per step, {best / seconds:.2f}x the eager step, "
+            f"{seconds / bound:.2f}x the bound"
+        )
     torch.set_num_threads(chosen)
     with profile(activities=[ProfilerActivity.CPU]) as profiled:
         trial.steps(count)

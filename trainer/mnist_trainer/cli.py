@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mnist_trainer import config, cpus
+from mnist_trainer import compiled, config, cpus
 from mnist_trainer.config import Hyperparameters, RunSettings
 from mnist_trainer.data import MissingDataError, load_digits
 from mnist_trainer.early_stop import end_on_sigterm
@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto uses a GPU when one is present (default: auto)",
     )
     run.add_argument(
+        "--kernels",
+        choices=compiled.KERNEL_CHOICES,
+        default="auto",
+        help="the CPU training step: compiled kernels (trainer/kernels) or PyTorch's eager "
+        "operators; auto takes the compiled ones on the CPU when they are built (default: auto)",
+    )
+    run.add_argument(
         "--download",
         action="store_true",
         help="download the official MNIST files into --data-dir if missing (never by default)",
@@ -213,6 +220,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Hyperparameters, RunSettings]:
         seed=args.seed,
         threads=args.threads or cpus.available_cpus(),
         device=args.device,
+        kernels=args.kernels,
         download=args.download,
         train_limit=args.train_limit,
     )
@@ -236,6 +244,10 @@ def run(hp: Hyperparameters, settings: RunSettings) -> int:
     if settings.device == "cuda" and not torch.cuda.is_available():
         return _fail("--device=cuda: no GPU is visible to this process", EXIT_USAGE)
     device = pick_device(settings.device)
+    try:
+        compiled_steps = compiled.use_compiled(settings.kernels, device)
+    except compiled.KernelsUnavailableError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     torch.set_num_threads(settings.threads)
     try:
         reporter = MetricsReporter(settings.metrics_file)
@@ -250,7 +262,8 @@ def run(hp: Hyperparameters, settings: RunSettings) -> int:
         return _fail(f"--data-dir: {exc}", EXIT_USAGE)
     print(
         f"device={device.type} threads={settings.threads} "
-        f"step-threads={step_threads(hp.batch_size, settings.threads, device)} "
+        f"step-threads={step_threads(hp.batch_size, settings.threads, device, compiled_steps)} "
+        f"kernels={compiled.describe(compiled_steps)} "
         f"train={len(digits.train)} "
         f"validation={len(digits.validation)} seed={settings.seed} {hp.describe()}",
         flush=True,
@@ -266,7 +279,14 @@ def run(hp: Hyperparameters, settings: RunSettings) -> int:
         )
 
     try:
-        model = train(hp, digits.train, digits.validation, seed=settings.seed, on_epoch=on_epoch)
+        model = train(
+            hp,
+            digits.train,
+            digits.validation,
+            seed=settings.seed,
+            on_epoch=on_epoch,
+            compiled=compiled_steps,
+        )
     except DivergedError as exc:
         return _fail(str(exc), EXIT_DIVERGED)
     test = evaluate(model, digits.test)

@@ -86,6 +86,7 @@ class RunSettings:
     seed: int = DEFAULT_SEED
     threads: int = 1
     device: str = "auto"
+    kernels: str = "auto"
     download: bool = False
     train_limit: int = TRAIN_SIZE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812  # the conventional name
 
+from mnist_trainer.compiled import CompiledStep, Step
 from mnist_trainer.config import Hyperparameters
 from mnist_trainer.data import Split
 from mnist_trainer.model import LeNet
@@ -54,9 +56,15 @@ class EpochResult:
     seconds: float  # training only, without the validation pass
 
 
-def step_threads(batch_size: int, threads: int, device: torch.device) -> int:
-    """How many CPU threads the training steps use: one for small batches on the CPU."""
-    if device.type == "cpu" and batch_size < ONE_THREAD_BELOW_BATCH:
+def step_threads(
+    batch_size: int, threads: int, device: torch.device, compiled: bool = False
+) -> int:
+    """How many CPU threads the training steps use: one for small eager batches on the CPU.
+
+    The compiled step wakes its threads once per step, not once per operator, so it keeps
+    them all at every batch size.
+    """
+    if device.type == "cpu" and batch_size < ONE_THREAD_BELOW_BATCH and not compiled:
         return 1
     return threads
 
@@ -138,18 +146,25 @@ def train(
     *,
     seed: int,
     on_epoch: Callable[[EpochResult], None],
+    compiled: bool = False,
 ) -> torch.nn.Module:
     """Train for `hp.epochs`, calling `on_epoch` after each; raise DivergedError on NaN/inf.
 
-    The steps run on `step_threads` of the process's threads; evaluation on all of them.
+    The steps run on `step_threads` of the process's threads (through the compiled kernels
+    when `compiled`); evaluation on all of them.
     """
     device = train_split.labels.device
-    training_threads = step_threads(hp.batch_size, torch.get_num_threads(), device)
+    training_threads = step_threads(hp.batch_size, torch.get_num_threads(), device, compiled)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     # channels_last lets oneDNN run the convolutions without reordering every batch.
     model = LeNet(hp.dropout).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, hp)
+    step_on: Step = (
+        CompiledStep(model, optimizer, training_threads)
+        if compiled
+        else functools.partial(train_step, model, optimizer)
+    )
     window = torch.empty(CHECK_EVERY, device=device)
     step = 0
     for epoch in range(1, hp.epochs + 1):
@@ -158,9 +173,7 @@ def train(
         filled = 0
         with threads(training_threads):
             for index in batches(len(train_split), hp.batch_size, generator, device):
-                loss = train_step(
-                    model, optimizer, train_split.images[index], train_split.labels[index]
-                )
+                loss = step_on(train_split.images[index], train_split.labels[index])
                 window[filled] = loss
                 filled += 1
                 step += 1
