@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import pytest
 import yaml
 from kindcluster import KATIB_INJECTION_LABEL, small_tuning, table_row
+from mnist_trainer import compiled
 from mnist_trainer.cli import EXIT_DIVERGED
-from mnist_tuning.api.expand import PRIMARY_CONTAINER
+from mnist_tuning.api.expand import METRICS_FILE_PATH, PRIMARY_CONTAINER
+from mnist_tuning.local.command import primary_container, render_trial_spec
 from node.product import OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE
 from providers import E2ECluster, containers_of, watching_pods
 from tunings import (
@@ -122,6 +125,53 @@ def test_every_trial_pod_had_katibs_injected_metrics_collector(
     assert {pod["metadata"]["labels"][TRIAL_LABEL] for pod in seen} == trials
     for pod in seen:
         assert containers_of(pod) == [PRIMARY_CONTAINER, SIDECAR]
+
+
+def test_the_trial_image_trains_with_the_compiled_step_this_cpu_takes(
+    e2e_cluster: E2ECluster,
+    namespaces: list[str],
+    story: tuple[dict[str, Any], dict[str, Any], Watch],
+) -> None:
+    """A trial's own pod, rendered as Katib renders it, run as a plain pod: its start line.
+
+    Katib deletes a trial's Job and pods as the trial ends, so their logs are gone; the same
+    image, command and securityContext in a pod of our own keep theirs. The node is this
+    machine, so the instructions are the ones the kernels pick here.
+    """
+    final, experiment, _ = story
+    [trial, *_] = e2e_cluster.items("trials", final["metadata"]["namespace"])
+    values = {a["name"]: a["value"] for a in trial["spec"]["parameterAssignments"]}
+    job = render_trial_spec(experiment, values)
+    container = primary_container(experiment, job)
+    namespace = new_namespace(e2e_cluster, namespaces, "image", labelled=False)
+    e2e_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "trainer", "namespace": namespace},
+            "spec": {
+                **job["spec"]["template"]["spec"],
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        **container,
+                        "command": [*container["command"], "--train-limit=1000"],
+                        "volumeMounts": [
+                            {"name": "metrics", "mountPath": posixpath.dirname(METRICS_FILE_PATH)}
+                        ],
+                    }
+                ],
+                "volumes": [{"name": "metrics", "emptyDir": {}}],
+            },
+        }
+    )
+    e2e_cluster.kubectl(
+        "wait", "pod/trainer", "-n", namespace, "--for=jsonpath={.status.phase}=Succeeded",
+        f"--timeout={STEP_DEADLINE_S}s",
+    )  # fmt: skip
+    log = e2e_cluster.kubectl("logs", "trainer", "-n", namespace)
+    assert f" kernels=compiled-{compiled.instructions()} " in log, log
+    assert "test-accuracy=" in log
 
 
 def test_deleting_the_tuning_removes_its_experiment_trials_and_pods(

@@ -148,7 +148,8 @@ def test_the_copied_sources_are_read_from_copy_and_add_but_not_from_stages() -> 
         "trainer",
     ]
     assert builds.copied_sources((REPO_ROOT / "Dockerfile.trainer").read_text()) == [
-        "trainer/mnist_trainer"
+        "trainer/kernels",
+        "trainer/mnist_trainer",
     ]
 
 
@@ -256,8 +257,27 @@ def test_a_multi_layer_archive_has_one_history_entry_per_layer(tmp_path: Path) -
     assert config["config"]["Env"][0].startswith("PATH=/usr/local/bin:")
 
 
-def test_the_base_key_follows_the_userland_it_is_made_of(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = builds.base_key()
-    fewer = dataclasses.replace(builds.BASE_USERLAND, packages=("python3.11",))
-    monkeypatch.setattr(builds, "BASE_USERLAND", fewer)
-    assert builds.base_key() != before
+def test_the_base_keys_follow_the_userland_they_are_made_of(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = builds.bases_key()
+    fewer = dataclasses.replace(builds.BUILD_BASE.userland, packages=("python3.11",))
+    build_base = dataclasses.replace(builds.BUILD_BASE, userland=fewer)
+    assert builds.base_key(build_base) != builds.base_key(builds.BUILD_BASE)
+    monkeypatch.setattr(builds, "BASES", (builds.PYTHON_BASE, build_base))
+    assert builds.bases_key() != before
+
+
+def test_each_stand_in_base_is_named_as_the_stage_that_uses_it() -> None:
+    """Every FROM of our Dockerfiles names a stand-in; only the build one has a compiler."""
+    named = {base.name.removeprefix("docker.io/library/") for base in builds.BASES}
+    froms = {
+        line.split()[1]
+        for name in ("Dockerfile.trainer", "Dockerfile.operator")
+        for line in (REPO_ROOT / name).read_text().splitlines()
+        if line.startswith("FROM ")
+    }
+    assert froms == named
+    assert "g++" in builds.BUILD_BASE.userland.packages
+    assert "g++" not in builds.PYTHON_BASE.userland.packages
+    assert builds.BUILD_BASE.stem() == "python-3.11.14-bookworm"

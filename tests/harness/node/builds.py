@@ -1,13 +1,15 @@
 """Our two images, built here from our own Dockerfiles with buildah: no daemon, no network.
 
-Both Dockerfiles start `FROM python:3.11.14-slim-bookworm`, which cannot be pulled here. A
-stand-in made of Debian's own python3.11 (debootstrap, with a venv at /usr/local so that
-`python` and `pip` behave as in the official image) is imported into buildah's storage under
-that exact name. `buildah bud` then runs each Dockerfile with its offline build arguments: pip
-reads a wheelhouse that the host filled from PyPI with the versions pyproject.toml pins, and the
-trainer copies `make data`'s raw MNIST files instead of downloading them. Each image is pushed
-to an OCI archive named by a hash of everything that went into it, so an unchanged tree builds
-nothing; `images.import_archive` loads an archive into the node's containerd.
+Both Dockerfiles start `FROM python:3.11.14-slim-bookworm`, and the trainer's kernels compile
+in a stage `FROM python:3.11.14-bookworm`; neither can be pulled here. Stand-ins made of
+Debian's own python3.11 (debootstrap, with a venv at /usr/local so that `python` and `pip`
+behave as in the official images; the build one adds g++ and Python's headers, as the full
+official image has them) are imported into buildah's storage under those exact names.
+`buildah bud` then runs each Dockerfile with its offline build arguments: pip reads a wheelhouse
+that the host filled from PyPI with the versions pyproject.toml pins, and the trainer copies
+`make data`'s raw MNIST files instead of downloading them. Each image is pushed to an OCI
+archive named by a hash of everything that went into it, so an unchanged tree builds nothing;
+`images.import_archive` loads an archive into the node's containerd.
 """
 
 from __future__ import annotations
@@ -30,12 +32,32 @@ from typing import Any
 from node import host, images
 from node.node import cache_dir
 
-PYTHON_BASE = "docker.io/library/python:3.11.14-slim-bookworm"
+
+@dataclass(frozen=True)
+class StandInBase:
+    """A stand-in for an official Python image: its exact name and the Debian userland."""
+
+    name: str
+    userland: images.DebianUserland
+
+    def stem(self) -> str:
+        """The archive's file name without the key: the tag, `python-3.11.14-bookworm`."""
+        return "python-" + self.name.rpartition(":")[2]
+
+
 # python3-distutils provides the virtual python3.11-distutils that python3.11-venv depends on:
 # debootstrap resolves no virtual packages, so it is named here.
-BASE_USERLAND = images.DebianUserland(
-    "bookworm", ("ca-certificates", "python3-distutils", "python3.11", "python3.11-venv")
+_PYTHON_PACKAGES = ("ca-certificates", "python3-distutils", "python3.11", "python3.11-venv")
+PYTHON_BASE = StandInBase(
+    "docker.io/library/python:3.11.14-slim-bookworm",
+    images.DebianUserland("bookworm", _PYTHON_PACKAGES),
 )
+# The full image's compiler and headers, for the stage that builds the trainer's kernels.
+BUILD_BASE = StandInBase(
+    "docker.io/library/python:3.11.14-bookworm",
+    images.DebianUserland("bookworm", (*_PYTHON_PACKAGES, "g++", "python3.11-dev")),
+)
+BASES = (PYTHON_BASE, BUILD_BASE)
 # The official image's PATH (its Python lives in /usr/local/bin), LANG and CMD.
 BASE_CONFIG = images.ImageConfig(
     cmd=["python3"],
@@ -176,9 +198,14 @@ def _short_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def base_key() -> str:
-    """Hash of what makes the stand-in base: the userland, the venv command, the config."""
-    return _short_hash([PYTHON_BASE, BASE_USERLAND.key(), BASE_VENV, BASE_CONFIG.as_oci()])
+def base_key(base: StandInBase) -> str:
+    """Hash of what makes a stand-in base: its name, userland, the venv command, the config."""
+    return _short_hash([base.name, base.userland.key(), BASE_VENV, BASE_CONFIG.as_oci()])
+
+
+def bases_key() -> str:
+    """Hash of both stand-in bases, which every image build may start from."""
+    return _short_hash([base_key(base) for base in BASES])
 
 
 def copied_sources(dockerfile: str) -> list[str]:
@@ -211,7 +238,7 @@ def image_key(build: ImageBuild, repo_root: Path) -> str:
         for name in context_files(repo_root)
         if _read_by(name, sources)
     ]
-    return _short_hash([dockerfile, context, base_key(), sorted(build.build_args.items())])
+    return _short_hash([dockerfile, context, bases_key(), sorted(build.build_args.items())])
 
 
 def image_name(build: ImageBuild, repo_root: Path) -> str:
@@ -289,12 +316,12 @@ def _run_logged(argv: Sequence[str], log: Path) -> None:
         raise host.HostError(f"`{' '.join(argv[:8])} …` failed (log {log}):\n{tail}")
 
 
-def base_archive(cache: Path, mirror: str) -> Path:
-    """The stand-in base as an OCI archive: Debian's userland, then the /usr/local venv layer."""
-    archive = cache / f"python-base-{base_key()}.tar"
+def base_archive(base: StandInBase, cache: Path, mirror: str) -> Path:
+    """A stand-in base as an OCI archive: Debian's userland, then the /usr/local venv layer."""
+    archive = cache / f"{base.stem()}-{base_key(base)}.tar"
     if archive.exists():
         return archive
-    userland = BASE_USERLAND.layer(cache, mirror)
+    userland = base.userland.layer(cache, mirror)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         rootfs, top = Path(scratch) / "rootfs", Path(scratch) / "top"
         with tarfile.open(userland) as tar:
@@ -308,7 +335,7 @@ def base_archive(cache: Path, mirror: str) -> Path:
         venv_layer = Path(scratch) / "venv.tar"
         images.write_layer(top, venv_layer)
         partial = archive.with_suffix(".partial")
-        images.write_oci_archive([userland, venv_layer], PYTHON_BASE, BASE_CONFIG, partial)
+        images.write_oci_archive([userland, venv_layer], base.name, BASE_CONFIG, partial)
         partial.replace(archive)
     return archive
 
@@ -379,10 +406,12 @@ def _build_missing(
     wheels = cache_dir() / "wheels"
     fill_wheelhouse(repo_root, wheels)
     buildah = Buildah(cache_dir() / "buildah")
-    base = base_archive(cache, images.debian_mirror())
-    base_id = host.run(buildah.argv("pull", "--quiet", f"oci-archive:{base}")).split()[-1]
-    host.run(buildah.argv("tag", base_id, PYTHON_BASE))
-    host.run(buildah.argv("rmi", "--prune"))  # an earlier base, untagged by the line above
+    mirror = images.debian_mirror()
+    for base in BASES:
+        archive = base_archive(base, cache, mirror)
+        base_id = host.run(buildah.argv("pull", "--quiet", f"oci-archive:{archive}")).split()[-1]
+        host.run(buildah.argv("tag", base_id, base.name))
+    host.run(buildah.argv("rmi", "--prune"))  # earlier bases, untagged by the lines above
     for build, name, archive in missing:
         _build_one(buildah, build, repo_root, name, archive, volumes(build, wheels, mnist_raw))
 
