@@ -4,9 +4,10 @@
 // Why: at batch 16 PyTorch's eager step dispatches 78 operators and its small convolutions
 // run far below sgemm speed. Here each convolution is an im2col copy and one sgemm (MKL,
 // through the sgemm_ symbol torch exports), pooling, bias and ReLU are one pass over the
-// convolution's output, and the batch is split into one chunk per thread: the threads meet
-// once, to add up their weight gradients. The loops that are not sgemm are compiled for
-// AVX-512, AVX2 and the x86-64 baseline; the loader picks one at run time (target_clones).
+// convolution's output, and the batch is split into one chunk per thread. The threads meet
+// once per step, at a barrier, after which each adds up the chunks' gradients over its own
+// slice of every parameter and updates that slice. The loops that are not sgemm are compiled
+// for AVX-512, AVX2 and the x86-64 baseline; the loader picks one at run time (target_clones).
 //
 // Layouts: activations are NHWC (channels innermost), so an im2col row of conv2 is 5
 // copies of 100 contiguous floats. Pool2's output is turned to NCHW, the order in which
@@ -141,14 +142,16 @@ KERNEL void to_nchw(int n, const float *__restrict nhwc, float *__restrict nchw)
   constexpr int kCells = kPool2 * kPool2;
   for (int s = 0; s < n; ++s)
     for (int cell = 0; cell < kCells; ++cell)
-      for (int c = 0; c < kC2; ++c) nchw[s * kFlat + c * kCells + cell] = nhwc[s * kFlat + cell * kC2 + c];
+      for (int c = 0; c < kC2; ++c)
+        nchw[s * kFlat + c * kCells + cell] = nhwc[s * kFlat + cell * kC2 + c];
 }
 
 KERNEL void to_nhwc(int n, const float *__restrict nchw, float *__restrict nhwc) {
   constexpr int kCells = kPool2 * kPool2;
   for (int s = 0; s < n; ++s)
     for (int cell = 0; cell < kCells; ++cell)
-      for (int c = 0; c < kC2; ++c) nhwc[s * kFlat + cell * kC2 + c] = nchw[s * kFlat + c * kCells + cell];
+      for (int c = 0; c < kC2; ++c)
+        nhwc[s * kFlat + cell * kC2 + c] = nchw[s * kFlat + c * kCells + cell];
 }
 
 KERNEL void im2col2(int n, const float *map, float *cols) {
@@ -232,7 +235,9 @@ struct Chunk {
   // fc1's weight gradient is one product over the whole batch (fc1_weight_step).
   float *flat = nullptr, *dropped = nullptr;
   std::vector<float> grad_flat, grad_pool2, grad_conv2, grad_pool1, grad_conv1;
-  std::vector<float> grads;  // all eight weight gradients, packed
+  // All eight weight gradients, packed; fc1's weight is filled only when the gradients are
+  // handed out, and then in chunk 0 (fc1_weight_step).
+  std::vector<float> grads;
   double loss = 0.0;
 
   void fit(int n, int64_t grad_size) {
@@ -254,8 +259,8 @@ struct Chunk {
 };
 
 // Where each parameter's gradient sits in a Chunk's packed `grads`, in the parameters' order.
-constexpr int64_t kSizes[8] = {kC1 * kCol1, kC1,          kC2 *kCol2,          kC2,
-                               kHidden *kFlat, kHidden, kClasses *kHidden, kClasses};
+constexpr int64_t kSizes[8] = {kC1 * kCol1,    kC1,     kC2 * kCol2,       kC2,
+                               kHidden * kFlat, kHidden, kClasses * kHidden, kClasses};
 
 std::vector<Chunk> &chunks() {
   static std::vector<Chunk> all;  // kept between steps: no allocation once warm
