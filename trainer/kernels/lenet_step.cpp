@@ -137,21 +137,19 @@ KERNEL void unpool2(int n, const float *conv, const float *pooled, const float *
   unpool<kC2>(n, kOut2, conv, pooled, grad_out, grad_conv, grad_bias);
 }
 
-// Between pool2's NHWC output and fc1's input, which torch.flatten gives in NCHW order.
-KERNEL void to_nchw(int n, const float *__restrict nhwc, float *__restrict nchw) {
+// Between pool2's NHWC output and fc1's input, which torch.flatten gives in NCHW order: the
+// forward pass goes to NCHW, the backward pass back to NHWC.
+KERNEL void relayout(int n, const float *__restrict from, float *__restrict to, bool to_nchw) {
   constexpr int kCells = kPool2 * kPool2;
   for (int s = 0; s < n; ++s)
     for (int cell = 0; cell < kCells; ++cell)
-      for (int c = 0; c < kC2; ++c)
-        nchw[s * kFlat + c * kCells + cell] = nhwc[s * kFlat + cell * kC2 + c];
-}
-
-KERNEL void to_nhwc(int n, const float *__restrict nchw, float *__restrict nhwc) {
-  constexpr int kCells = kPool2 * kPool2;
-  for (int s = 0; s < n; ++s)
-    for (int cell = 0; cell < kCells; ++cell)
-      for (int c = 0; c < kC2; ++c)
-        nhwc[s * kFlat + cell * kC2 + c] = nchw[s * kFlat + c * kCells + cell];
+      for (int c = 0; c < kC2; ++c) {
+        const int nhwc = s * kFlat + cell * kC2 + c, nchw = s * kFlat + c * kCells + cell;
+        if (to_nchw)
+          to[nchw] = from[nhwc];
+        else
+          to[nhwc] = from[nchw];
+      }
 }
 
 KERNEL void im2col2(int n, const float *map, float *cols) {
@@ -293,7 +291,7 @@ void chunk_step(Chunk &ch, int n, int total, const float *images, const int64_t 
   mm(false, true, rows2, kC2, kCol2, ch.cols2.data(), kCol2, wt.w[2], kCol2, 0.0f,
      ch.conv2.data(), kC2);
   pool_relu2(n, ch.conv2.data(), wt.w[3], ch.pool2.data());
-  to_nchw(n, ch.pool2.data(), ch.flat);
+  relayout(n, ch.pool2.data(), ch.flat, true);
   mm(false, true, n, kHidden, kFlat, ch.flat, kFlat, wt.w[4], kFlat, 0.0f,
      ch.hidden.data(), kHidden);
   bias_relu_dropout(n, wt.w[5], ch.hidden.data(), mask, ch.dropped);
@@ -313,7 +311,7 @@ void chunk_step(Chunk &ch, int n, int total, const float *images, const int64_t 
   relu_dropout_grad(n, ch.hidden.data(), mask, grad_hidden, gb3);
   mm(false, false, n, kFlat, kHidden, grad_hidden, kHidden, wt.w[4], kFlat, 0.0f,
      ch.grad_flat.data(), kFlat);
-  to_nhwc(n, ch.grad_flat.data(), ch.grad_pool2.data());
+  relayout(n, ch.grad_flat.data(), ch.grad_pool2.data(), false);
   unpool2(n, ch.conv2.data(), ch.pool2.data(), ch.grad_pool2.data(), ch.grad_conv2.data(), gb2);
   mm(true, false, kC2, kCol2, rows2, ch.grad_conv2.data(), kC2, ch.cols2.data(), kCol2, 0.0f,
      gw2, kCol2);
