@@ -222,6 +222,18 @@ def test_the_address_ranges_are_benchmarking_space_only() -> None:
     assert ipaddress.ip_address(network.API_SERVICE_IP) == next(service.hosts())
 
 
+def test_the_node_dns_outweighs_best_effort_trainers_and_waits_out_a_slow_answer() -> None:
+    """Trainers without a CPU request fill both cores; CoreDNS must still answer, unrestarted."""
+    [deployment] = [m for m in configs.coredns_manifests() if m["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert container["resources"]["requests"]["cpu"] == "100m"  # Burstable, not BestEffort
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["timeoutSeconds"] >= 5
+        assert container[probe]["timeoutSeconds"] * container[probe]["failureThreshold"] >= 25
+
+
 def test_counters_are_read_per_rule_of_one_chain() -> None:
     saved = (
         "*mangle\n"

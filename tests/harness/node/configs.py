@@ -235,6 +235,15 @@ COREFILE = f""".:53 {{
 """
 
 
+# CoreDNS must answer while trainers fill both cores. A trial's pod is Burstable (Katib's
+# metrics collector requests CPU); a BestEffort CoreDNS lost the CPU to it: its health answer
+# took 1-3 s, the 1 s probes failed, the kubelet restarted it, and a trial's collector, unable
+# to resolve Katib's DB manager, failed its trial. A CPU request makes it Burstable too, and
+# its probes (5 s, as CoreDNS's own manifests set them) wait out a slow answer.
+COREDNS_RESOURCES = {"requests": {"cpu": "100m", "memory": "70Mi"}, "limits": {"memory": "170Mi"}}
+PATIENT_PROBE = {"timeoutSeconds": 5, "failureThreshold": 5}
+
+
 def coredns_manifests() -> list[dict[str, Any]]:
     """CoreDNS as a Deployment behind Service `kube-dns` at the DNS address; no upstream."""
     labels = {"k8s-app": "kube-dns"}
@@ -282,6 +291,7 @@ def coredns_manifests() -> list[dict[str, Any]]:
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": "coredns",
+                        "priorityClassName": "system-cluster-critical",
                         "dnsPolicy": "Default",
                         "containers": [
                             {
@@ -293,13 +303,16 @@ def coredns_manifests() -> list[dict[str, Any]]:
                                     {"containerPort": 53, "name": "dns", "protocol": "UDP"},
                                     {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
                                 ],
+                                "resources": COREDNS_RESOURCES,
                                 "readinessProbe": {
                                     "httpGet": {"path": "/ready", "port": probe_port["ready"]},
                                     "periodSeconds": 1,
+                                    **PATIENT_PROBE,
                                 },
                                 "livenessProbe": {
                                     "httpGet": {"path": "/health", "port": probe_port["health"]},
                                     "initialDelaySeconds": 10,
+                                    **PATIENT_PROBE,
                                 },
                                 "volumeMounts": [
                                     {
