@@ -6,6 +6,7 @@ the binaries by `build.sh node`), and compared object by object.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from mnist_tuning.api.spec import ALGORITHMS
 from node.katib import (
     EARLY_STOPPING_IMAGE,
     NAMESPACE,
+    RESOURCES_PATCH,
     SERVED_BY_STAND_IN,
     SERVICES_IMAGE,
     SERVICES_MEMORY,
@@ -31,6 +33,14 @@ POD_WEBHOOK = "mutator.pod.katib.kubeflow.org"
 COMPONENT_LABEL = "katib.kubeflow.org/component"  # on every Katib pod, on no trial's
 # A suggestion's: the trial's, but in the image's own group (Katib's images are group 0's).
 RESTRICTED_CONTAINER = {k: v for k, v in TRIAL_SECURITY_CONTEXT.items() if k != "runAsGroup"}
+
+
+def users_requests() -> dict[str, dict[str, Any]]:
+    """Deployment name → its container's resources, as deploy/katib/resources.yaml sets them."""
+    return {
+        patch["metadata"]["name"]: patch["spec"]["template"]["spec"]["containers"][0]["resources"]
+        for patch in yaml.safe_load_all(RESOURCES_PATCH.read_text())
+    }
 
 
 def rendered(directory: Path) -> Objects:
@@ -65,13 +75,26 @@ def test_the_overlay_drops_the_ui_and_adds_only_the_database_volume(
     assert volume["claimRef"] == {"namespace": NAMESPACE, "name": "katib-mysql"}
 
 
-def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions(
+def test_everything_else_is_katibs_except_the_database_image_requests_and_two_suggestions(
     both: tuple[Objects, Objects],
 ) -> None:
     upstream, ours = both
     changed = {key for key in set(upstream) & set(ours) if upstream[key] != ours[key]}
     webhooks = ("MutatingWebhookConfiguration", "katib.kubeflow.org")
-    assert changed == {("Deployment", "katib-mysql"), ("ConfigMap", "katib-config"), webhooks}
+    requested = {("Deployment", name) for name in users_requests()}
+    assert changed == {*requested, ("ConfigMap", "katib-config"), webhooks}
+
+    # Katib's controller, DB manager and database request what deploy/katib's patch gives
+    # users, and nothing else in their Deployments changes but the database's image.
+    for key in requested:
+        deployment = copy.deepcopy(ours[key])
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        [original] = upstream[key]["spec"]["template"]["spec"]["containers"]
+        assert container.pop("resources") == users_requests()[key[1]]
+        if key[1] == "katib-mysql":
+            assert container["image"] == mariadb_image()
+            container["image"] = original["image"]
+        assert deployment == upstream[key]
 
     # The pod webhook only leaves Katib's own pods alone, as deploy/katib does for users.
     spared = {"matchExpressions": [{"key": COMPONENT_LABEL, "operator": "DoesNotExist"}]}
@@ -82,11 +105,6 @@ def test_everything_else_is_katibs_except_the_database_image_and_two_suggestions
         if kind == "Deployment":
             template = upstream[(kind, name)]["spec"]["template"]
             assert COMPONENT_LABEL in template["metadata"]["labels"], name
-
-    [database] = ours[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]
-    [original] = upstream[("Deployment", "katib-mysql")]["spec"]["template"]["spec"]["containers"]
-    assert database["image"] == mariadb_image()
-    assert {**database, "image": original["image"]} == original
 
     # The node runs the katib-config users get from deploy/katib, with the stand-in's images.
     config = yaml.safe_load(ours[("ConfigMap", "katib-config")]["data"]["katib-config.yaml"])

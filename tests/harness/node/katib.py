@@ -85,11 +85,13 @@ OVERLAY_CHANGES = (
     "the database is Debian's MariaDB in place of mysql:8.0.29, with the same environment",
     "a hostPath PersistentVolume for the katib-mysql claim (the node has no StorageClass)",
     "Katib's pod webhook leaves Katib's own pods alone, as deploy/katib makes it for users",
+    "Katib's controller, DB manager and database request CPU, as deploy/katib makes them for users",
     "katib-config is deploy/katib's (injectSecurityContext on, restricted suggestion "
     "securityContexts), then with the stand-in's images as above",
 )
 # deploy/katib's changes to Katib's install, which users get too.
 POD_WEBHOOK_PATCH = REPO_ROOT / "deploy" / "katib" / "pod-webhook.yaml"
+RESOURCES_PATCH = REPO_ROOT / "deploy" / "katib" / "resources.yaml"
 KATIB_CONFIG_PATCH = REPO_ROOT / "deploy" / "katib" / "katib-config.yaml"
 
 # The official mysql image's contract, as Katib's manifest uses it: MYSQL_ROOT_PASSWORD,
@@ -290,7 +292,8 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
         },
     }
     (overlay / "volume.yaml").write_text(yaml.safe_dump(volume_manifest))
-    shutil.copyfile(POD_WEBHOOK_PATCH, overlay / POD_WEBHOOK_PATCH.name)
+    for patch in (POD_WEBHOOK_PATCH, RESOURCES_PATCH):
+        shutil.copyfile(patch, overlay / patch.name)
     removed = [
         _delete("Deployment", "katib-ui", NAMESPACE),
         _delete("Service", "katib-ui", NAMESPACE),
@@ -320,6 +323,7 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
         ],
         "patches": [
             {"path": POD_WEBHOOK_PATCH.name},
+            {"path": RESOURCES_PATCH.name},
             *({"patch": yaml.safe_dump(doc)} for doc in removed),
         ],
     }
