@@ -195,6 +195,9 @@ def without_katib_config(text: str) -> str:
     first, end = item.start_mark.line, item.end_mark.line
     while first > 0 and lines[first - 1].lstrip().startswith("#"):
         first -= 1
+    # A block scalar ends where the next item starts: the next patch's comment stays.
+    while end > first and lines[end - 1].lstrip().startswith("#"):
+        end -= 1
     return "".join(lines[:first] + lines[end:])
 
 
