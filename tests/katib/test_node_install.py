@@ -81,7 +81,8 @@ def test_everything_else_is_katibs_except_the_database_image_requests_and_two_su
     upstream, ours = both
     changed = {key for key in set(upstream) & set(ours) if upstream[key] != ours[key]}
     webhooks = ("MutatingWebhookConfiguration", "katib.kubeflow.org")
-    requested = {("Deployment", name) for name in users_requests()}
+    requests = users_requests()
+    requested = {("Deployment", name) for name in requests}
     assert changed == {*requested, ("ConfigMap", "katib-config"), webhooks}
 
     # Katib's controller, DB manager and database request what deploy/katib's patch gives
@@ -90,7 +91,7 @@ def test_everything_else_is_katibs_except_the_database_image_requests_and_two_su
         deployment = copy.deepcopy(ours[key])
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         [original] = upstream[key]["spec"]["template"]["spec"]["containers"]
-        assert container.pop("resources") == users_requests()[key[1]]
+        assert container.pop("resources") == requests[key[1]]
         if key[1] == "katib-mysql":
             assert container["image"] == mariadb_image()
             container["image"] = original["image"]

@@ -222,8 +222,8 @@ def test_the_address_ranges_are_benchmarking_space_only() -> None:
     assert ipaddress.ip_address(network.API_SERVICE_IP) == next(service.hosts())
 
 
-def test_the_node_dns_outweighs_best_effort_trainers_and_waits_out_a_slow_answer() -> None:
-    """Trainers without a CPU request fill both cores; CoreDNS must still answer, unrestarted."""
+def test_the_node_dns_is_not_starved_by_trial_pods_and_waits_out_a_slow_answer() -> None:
+    """Trial pods (Burstable by Katib's collector) fill both cores; CoreDNS must still answer."""
     [deployment] = [m for m in configs.coredns_manifests() if m["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]

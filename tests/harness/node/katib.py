@@ -92,6 +92,7 @@ OVERLAY_CHANGES = (
 # deploy/katib's changes to Katib's install, which users get too.
 POD_WEBHOOK_PATCH = REPO_ROOT / "deploy" / "katib" / "pod-webhook.yaml"
 RESOURCES_PATCH = REPO_ROOT / "deploy" / "katib" / "resources.yaml"
+USERS_PATCHES = (POD_WEBHOOK_PATCH, RESOURCES_PATCH)  # applied as they are
 KATIB_CONFIG_PATCH = REPO_ROOT / "deploy" / "katib" / "katib-config.yaml"
 
 # The official mysql image's contract, as Katib's manifest uses it: MYSQL_ROOT_PASSWORD,
@@ -292,7 +293,7 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
         },
     }
     (overlay / "volume.yaml").write_text(yaml.safe_dump(volume_manifest))
-    for patch in (POD_WEBHOOK_PATCH, RESOURCES_PATCH):
+    for patch in USERS_PATCHES:
         shutil.copyfile(patch, overlay / patch.name)
     removed = [
         _delete("Deployment", "katib-ui", NAMESPACE),
@@ -322,8 +323,7 @@ def write_overlay(manifests: Path, target: Path, volume: Path) -> Path:
             }
         ],
         "patches": [
-            {"path": POD_WEBHOOK_PATCH.name},
-            {"path": RESOURCES_PATCH.name},
+            *({"path": patch.name} for patch in USERS_PATCHES),
             *({"patch": yaml.safe_dump(doc)} for doc in removed),
         ],
     }
